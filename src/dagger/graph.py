@@ -1,0 +1,382 @@
+"""The stored tree for analysis: slim states, tag filters, tables and pictures.
+
+Everything here reads JSON metadata only; nothing is unpickled until a
+state's :meth:`~dagger.state.ExperimentState.restore` is called.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fnmatch
+import html
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+from dagger.errors import InvalidHashError, StateNotFoundError
+from dagger.state import ExperimentState
+
+if TYPE_CHECKING:
+    from dagger.store.records import Records
+
+_HEX = re.compile(r"[0-9a-f]{1,64}")
+
+
+class NodeSet(Sequence[ExperimentState]):
+    """An ordered set of states; filter it by tags and combine sets with ``|`` and ``&``.
+
+    >>> pruned = exp.graph.nodes.filter("pruned")
+    >>> pruned & exp.graph.nodes.filter("lr:0.1", "!lr:0.01")
+    """
+
+    def __init__(self, nodes: Iterable[ExperimentState]) -> None:
+        seen: dict[str, ExperimentState] = {}
+        for n in nodes:
+            seen.setdefault(n.sha(), n)
+        self._nodes = list(seen.values())
+
+    @overload
+    def __getitem__(self, i: int) -> ExperimentState: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> NodeSet: ...
+
+    def __getitem__(self, i: int | slice) -> ExperimentState | NodeSet:
+        if isinstance(i, slice):
+            return NodeSet(self._nodes[i])
+        return self._nodes[i]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[ExperimentState]:
+        return iter(self._nodes)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, ExperimentState) and any(n is item or n.sha() == item.sha() for n in self._nodes)
+
+    def __or__(self, other: object) -> NodeSet:
+        if not isinstance(other, NodeSet):
+            return NotImplemented
+        return NodeSet([*self._nodes, *other._nodes])
+
+    def __and__(self, other: object) -> NodeSet:
+        if not isinstance(other, NodeSet):
+            return NotImplemented
+        keep = {n.sha() for n in other._nodes}
+        return NodeSet(n for n in self._nodes if n.sha() in keep)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NodeSet):
+            return NotImplemented
+        return [n.sha() for n in self] == [n.sha() for n in other]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def filter(self, *patterns: str, any: bool = False) -> NodeSet:  # noqa: A002 - mirrors the CLI flag
+        """States whose tags match the patterns (fnmatch; a leading ``!`` negates).
+
+        A pattern matches a state when one of its tags matches it; ``!pat``
+        matches when none does. All patterns must match, or any one of them
+        with ``any=True``.
+        """
+        if not patterns:
+            return NodeSet(self._nodes)
+        matchers = [_matcher(p) for p in patterns]
+        combine = builtins.any if any else all
+        # Match each distinct tag once, then test nodes by set lookups.
+        tags = {t for n in self._nodes for t in n._meta().get("tags", ())}
+        hits = [({t for t in tags if rx(t)}, neg) for rx, neg in matchers]
+        out = []
+        for n in self._nodes:
+            own = n._meta().get("tags", ())
+            if combine((not hit.isdisjoint(own)) != neg for hit, neg in hits):
+                out.append(n)
+        return NodeSet(out)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per state: hash, recipe, its properties along the lineage, tags, results."""
+        return [state_row(n) for n in self._nodes]
+
+    def to_dataframe(self) -> Any:
+        """The states as a pandas DataFrame (needs the ``pandas`` extra)."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ImportError("to_dataframe() needs pandas: pip install 'dagger-experiments[pandas]'") from None
+        return pd.DataFrame(self.to_records())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(n) for n in self._nodes[:5])
+        more = f", ... {len(self._nodes) - 5} more" if len(self._nodes) > 5 else ""
+        return f"NodeSet([{inner}{more}])"
+
+
+def _matcher(pattern: str) -> tuple[Any, bool]:
+    if not isinstance(pattern, str):
+        raise TypeError(f"tag patterns are strings, got {pattern!r}")
+    neg = pattern.startswith("!")
+    rx = re.compile(fnmatch.translate(pattern[1:] if neg else pattern)).match
+    return rx, neg
+
+
+def state_row(node: ExperimentState) -> dict[str, Any]:
+    """A flat record of one state for tables: identity, lineage's recipe properties, results."""
+    meta = node._meta()
+    row: dict[str, Any] = {"sha": node.sha(), "short": node.sha()[:10], "depth": meta.get("depth", 0)}
+    recipe = meta.get("recipe") or {}
+    row["recipe"] = recipe.get("name", "root")
+    row["tags"] = ", ".join(meta.get("tags", []))
+    for key, value in (meta.get("properties") or {}).items():
+        row[key] = value
+    for step in node.lineage()[1:]:
+        r = step._meta().get("recipe") or {}
+        for key, value in (r.get("properties") or {}).items():
+            row[f"{r.get('name', '?')}.{key}"] = value
+    for fn, result in (meta.get("results") or {}).items():
+        if isinstance(result, dict):
+            for key, value in result.items():
+                row[f"{fn}.{key}" if key in row else key] = value
+        else:
+            row[fn] = result
+    run = meta.get("run") or {}
+    if run:
+        row["duration_s"] = run.get("duration")
+    return row
+
+
+class StaticExperimentTree:
+    """The stored experiment as a tree of slim states."""
+
+    def __init__(
+        self,
+        metas: dict[str, dict[str, Any]],
+        records: Records,
+        state_class: type[ExperimentState] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.records = records
+        self.info = info or {}
+        self.state_class = state_class
+        cls = state_class or ExperimentState
+        self._nodes: dict[str, ExperimentState] = {}
+        self._children: dict[str, list[str]] = {}
+        for sha, meta in sorted(metas.items(), key=lambda kv: (kv[1].get("depth", 0), kv[1].get("created", 0))):
+            node = cls.__new__(cls)
+            d = node.__dict__
+            props = meta.get("properties")
+            if isinstance(props, dict):
+                d.update(props)
+            d["_dg_sha"] = sha
+            d["_dg_meta"] = meta
+            d["_dg_tree"] = self
+            d["_dg_loaded"] = False
+            self._nodes[sha] = node
+            parent = meta.get("parent")
+            if parent is not None:
+                self._children.setdefault(parent, []).append(sha)
+        self.nodes = NodeSet(self._nodes.values())
+
+    @property
+    def root(self) -> ExperimentState | None:
+        """The root state (None for an empty experiment)."""
+        sha = self.info.get("root")
+        if sha in self._nodes:
+            return self._nodes[sha]
+        roots = [n for n in self._nodes.values() if n._meta().get("parent") is None]
+        return roots[0] if roots else None
+
+    def node(self, sha: str) -> ExperimentState:
+        """The state with this hash, or with this unique hash prefix (at least 4 hex digits)."""
+        found = self._nodes.get(sha)
+        if found is not None:
+            return found
+        return self._nodes[self.resolve(sha)]
+
+    def resolve(self, text: str) -> str:
+        """The full hash for a hash or unique prefix; a clear error for anything else."""
+        if not isinstance(text, str) or not _HEX.fullmatch(text):
+            raise InvalidHashError(
+                f"{text!r} is not a state hash: give the hex digits shown by `dagger show` (4 or more)"
+            )
+        if text in self._nodes:
+            return text
+        if len(text) < 4:
+            raise InvalidHashError(f"hash prefix {text!r} is too short: give at least 4 hex digits")
+        matches = [s for s in self._nodes if s.startswith(text)]
+        if not matches:
+            raise StateNotFoundError(f"no state's hash starts with {text!r} in this experiment")
+        if len(matches) > 1:
+            listed = ", ".join(m[:12] for m in matches[:5])
+            raise InvalidHashError(f"hash prefix {text!r} is ambiguous: it matches {listed}; give more digits")
+        return matches[0]
+
+    def children_of(self, sha: str) -> list[ExperimentState]:
+        return [self._nodes[c] for c in self._children.get(sha, [])]
+
+    def nodes_at_distance(self, distance: int) -> NodeSet:
+        """States ``distance`` recipes away from the root (0 is the root)."""
+        return NodeSet(n for n in self._nodes.values() if n._meta().get("depth", 0) == distance)
+
+    def leaves(self) -> NodeSet:
+        return NodeSet(n for n in self._nodes.values() if not self._children.get(n.sha()))
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[ExperimentState]:
+        return iter(self._nodes.values())
+
+    def to_text(self, result: str | None = None) -> str:
+        """The tree as indented text: recipe, properties, short hash, tags and results per state."""
+        lines: list[str] = []
+
+        def walk(node: ExperimentState, prefix: str, last: bool, top: bool) -> None:
+            branch = "" if top else ("└── " if last else "├── ")
+            lines.append(prefix + branch + _text_label(node, result))
+            kids = self.children_of(node.sha())
+            child_prefix = prefix + ("" if top else ("    " if last else "│   "))
+            for i, kid in enumerate(kids):
+                walk(kid, child_prefix, i == len(kids) - 1, False)
+
+        roots = [n for n in self._nodes.values() if n._meta().get("parent") not in self._nodes]
+        for r in roots:
+            walk(r, "", True, True)
+        return "\n".join(lines)
+
+    # ---- pictures -------------------------------------------------------------------
+
+    def to_graphviz(self, result: str | None = None, highlight: Iterable[ExperimentState] = ()) -> Any:
+        """The tree as a ``graphviz.Digraph`` (needs the ``graphviz`` extra).
+
+        Each state shows its recipe and properties, short hash, tags and
+        recorded results (or only ``result``, e.g. ``"accuracy"``).
+        """
+        try:
+            import graphviz
+        except ImportError:
+            raise ImportError(
+                "drawing needs the graphviz Python package and Graphviz itself: "
+                "pip install 'dagger-experiments[graphviz]' and apt-get install graphviz (or brew install graphviz)"
+            ) from None
+        marked = {n.sha() for n in highlight}
+        dot = graphviz.Digraph("experiment", graph_attr={"rankdir": "TB", "nodesep": "0.3", "ranksep": "0.45"})
+        dot.attr("node", shape="plain", fontname="Helvetica", fontsize="10")
+        dot.attr("edge", color="#7a7a7a", arrowsize="0.7")
+        for sha, node in self._nodes.items():
+            dot.node(sha[:12], _label(node, result, sha in marked))
+        for parent, kids in self._children.items():
+            if parent in self._nodes:
+                for kid in kids:
+                    dot.edge(parent[:12], kid[:12])
+        return dot
+
+    def draw(self, filename: str | None = None, format: str | None = None, result: str | None = None) -> Any:  # noqa: A002
+        """Render the tree. With ``filename``, write it (svg, png or pdf, from the suffix or ``format``).
+
+        Without one, return the ``graphviz.Digraph``, which Jupyter displays inline.
+        """
+        dot = self.to_graphviz(result=result)
+        if filename is None:
+            return dot
+        fmt = format or (filename.rsplit(".", 1)[-1] if "." in filename else "svg")
+        if fmt not in ("svg", "png", "pdf"):
+            raise ValueError(f"cannot draw to format {fmt!r}: use svg, png or pdf")
+        data = dot.pipe(format=fmt)
+        with open(filename, "wb") as f:
+            f.write(data)
+        return filename
+
+    def _repr_svg_(self) -> str:
+        return self.to_graphviz().pipe(format="svg").decode()
+
+    def __repr__(self) -> str:
+        return f"<StaticExperimentTree {len(self._nodes)} states>"
+
+
+_STATUS_COLOURS = {"ok": ("#e8f4ea", "#4a8f5a"), "root": ("#e6eef8", "#4a6f9f"), "failed": ("#fbe9e7", "#c0392b")}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _label(node: ExperimentState, result: str | None, marked: bool) -> str:
+    meta = node._meta()
+    recipe = meta.get("recipe")
+    status = "failed" if meta.get("status") == "failed" else ("root" if recipe is None else "ok")
+    fill, border = _STATUS_COLOURS[status]
+    esc = html.escape
+    rows = []
+    if recipe is None:
+        title = "root"
+        props = meta.get("properties") or {}
+    else:
+        title = recipe.get("name", "?")
+        props = recipe.get("properties") or {}
+    rows.append(f'<TR><TD ALIGN="LEFT"><B>{esc(title)}</B>  <FONT COLOR="#777777">{node.sha()[:8]}</FONT></TD></TR>')
+    if props:
+        text = ", ".join(f"{k}={_fmt(v)}" for k, v in props.items())
+        wrapped = _wrap(text).split("\n")
+        lines = '<BR ALIGN="LEFT"/>'.join(esc(line) for line in wrapped) + ('<BR ALIGN="LEFT"/>' if len(wrapped) > 1 else "")
+        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{lines}</FONT></TD></TR>')
+    tags = meta.get("tags") or []
+    if tags:
+        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9" COLOR="#8e44ad">{esc(" · ".join(tags))}</FONT></TD></TR>')
+    results = _flat_results(meta.get("results") or {})
+    if result is not None:
+        results = {k: v for k, v in results.items() if k == result or k.endswith("." + result)}
+    if results:
+        text = ", ".join(f"{k}={_fmt(v)}" for k, v in results.items())
+        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9" COLOR="#1d6fa5">{esc(text)}</FONT></TD></TR>')
+    width = "3" if marked else "1"
+    return (
+        f'<<TABLE BORDER="{width}" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" STYLE="ROUNDED" '
+        f'BGCOLOR="{fill}" COLOR="{border}">{"".join(rows)}</TABLE>>'
+    )
+
+
+def _flat_results(results: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for fn, value in results.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, (int, float, str, bool)):
+                    flat[k] = v
+        elif isinstance(value, (int, float, str, bool)):
+            flat[fn] = value
+    return flat
+
+
+def _text_label(node: ExperimentState, result: str | None) -> str:
+    meta = node._meta()
+    recipe = meta.get("recipe")
+    name = "root" if recipe is None else recipe.get("name", "?")
+    props = (meta.get("properties") if recipe is None else recipe.get("properties")) or {}
+    parts = [f"{name} {node.sha()[:8]}"]
+    if props:
+        parts.append(", ".join(f"{k}={_fmt(v)}" for k, v in props.items()))
+    if meta.get("tags"):
+        parts.append("[" + ", ".join(meta["tags"]) + "]")
+    results = _flat_results(meta.get("results") or {})
+    if result is not None:
+        results = {k: v for k, v in results.items() if k == result}
+    if results:
+        parts.append(" ".join(f"{k}={_fmt(v)}" for k, v in results.items()))
+    return "  ".join(parts)
+
+
+def _wrap(text: str, width: int = 42) -> str:
+    if len(text) <= width:
+        return text
+    out, line = [], ""
+    for part in text.split(", "):
+        if line and len(line) + len(part) + 2 > width:
+            out.append(line + ",")
+            line = part
+        else:
+            line = f"{line}, {part}" if line else part
+    out.append(line)
+    return "\n".join(out)

@@ -1,0 +1,152 @@
+"""Recipe (a state-mutating transition) and Function (a non-mutating, in-graph action)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dagger import hashing
+from dagger.errors import DefinitionError, MissingPropertyError, UnhashableError, UnknownPropertyError
+
+if TYPE_CHECKING:
+    from dagger.promise import ExperimentStatePromise
+
+
+class Recipe:
+    """A way to make a child state from a parent state.
+
+    Subclass it, list the PROPERTIES that define it, and write ``run``::
+
+        class TrainRecipe(dg.Recipe):
+            PROPERTIES = ["nb_epochs", "lr"]
+
+            def run(self, state):
+                train(state.model, epochs=self.nb_epochs, lr=self.lr)
+                return state
+
+        child = TrainRecipe(nb_epochs=3, lr=0.1)(root)
+
+    No ``__init__`` is needed: PROPERTIES are keyword arguments. A recipe's
+    identity (class, PROPERTIES, ``VERSION``) is read when it is applied to a
+    state, so a recipe may also set its properties in its own ``__init__``.
+    ``run`` receives its own copy of the parent state and returns the child.
+    Bump ``VERSION`` to force recomputation after changing what ``run`` does.
+    """
+
+    PROPERTIES: ClassVar[list[str]] = []
+    VERSION: ClassVar[Any] = 0
+    #: Seed Python's, numpy's and torch's global generators from the state's hash before ``run``.
+    SEED: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        props = cls.PROPERTIES
+        if isinstance(props, str) or not all(isinstance(p, str) for p in props):
+            raise DefinitionError(
+                f"{cls.__qualname__}.PROPERTIES must be a list of attribute names, e.g. "
+                f'PROPERTIES = ["lr"]; got {props!r}'
+            )
+
+    def __init__(self, **properties: Any) -> None:
+        unknown = sorted(set(properties) - set(self.PROPERTIES))
+        if unknown:
+            raise UnknownPropertyError(
+                f"{type(self).__name__} got unknown propert{'y' if len(unknown) == 1 else 'ies'} "
+                f"{', '.join(map(repr, unknown))}; its PROPERTIES are {list(self.PROPERTIES)}. "
+                "Add the name to PROPERTIES or remove the argument."
+            )
+        for name, value in properties.items():
+            setattr(self, name, value)
+
+    def run(self, state: Any) -> Any:
+        """Mutate ``state`` (your own copy of the parent) and return it as the child."""
+        raise NotImplementedError(f"{type(self).__name__} must define run(self, state) and return the new state")
+
+    def properties(self) -> dict[str, Any]:
+        """The values of this recipe's PROPERTIES, checking that each is set."""
+        missing = [p for p in self.PROPERTIES if not hasattr(self, p)]
+        if missing:
+            example = ", ".join(f"{p}=..." for p in missing)
+            raise MissingPropertyError(
+                f"{type(self).__name__} has no value for {', '.join(map(repr, missing))}: "
+                f"pass {type(self).__name__}({example}) or set it in __init__ before applying the recipe"
+            )
+        return {p: getattr(self, p) for p in self.PROPERTIES}
+
+    def identity(self) -> tuple[dict[str, Any], str]:
+        """This recipe's PROPERTIES and its hash, as of now."""
+        props = self.properties()
+        cls = type(self)
+        try:
+            sha = hashing.recipe_hash(hashing.object_path(cls), props, cls.VERSION)
+        except UnhashableError as exc:
+            raise hashing.name_path(exc, cls.__name__) from None
+        return props, sha
+
+    def __call__(self, state: ExperimentStatePromise) -> ExperimentStatePromise:
+        from dagger.promise import ExperimentStatePromise
+
+        if not isinstance(state, ExperimentStatePromise):
+            raise DefinitionError(
+                f"{type(self).__name__} was applied to {type(state).__name__}, not to a state of an experiment: "
+                "apply recipes to what Experiment.spawn_new_tree or another recipe returned"
+            )
+        props, sha = self.identity()
+        return state._experiment._add_child(state, copy.copy(self), props, sha)
+
+    def __repr__(self) -> str:
+        props = ", ".join(f"{p}={getattr(self, p, '?')!r}" for p in self.PROPERTIES)
+        return f"{type(self).__name__}({props})"
+
+
+class Function:
+    """A non-mutating action on a state, run in-graph at every ``exp.run()``.
+
+    Wrap a function of one state (``@dg.Function`` or ``dg.Function(fn)``).
+    Applied to a state of the tree, it is recorded, and at every run it is
+    called with its own copy of the state, whether the state was computed or
+    served from the store. What it returns is stored in the state's metadata
+    under the function's name (numbers, strings, lists and dicts of them), so
+    analysis can tabulate results beside provenance::
+
+        @dg.Function
+        def evaluate(state):
+            return {"accuracy": accuracy(state.model, state.eval_data)}
+
+    Called on a full ExperimentState (not a promise), it simply runs.
+    """
+
+    def __init__(self, fn: Any, name: str | None = None) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"dg.Function needs a function of one state, got {fn!r}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, state: Any) -> Any:
+        from dagger.promise import ExperimentStatePromise
+
+        if isinstance(state, ExperimentStatePromise):
+            state._experiment._add_function(state, self)
+            return FunctionCall(self, state)
+        return self.fn(state)
+
+    def __repr__(self) -> str:
+        return f"Function({self.name})"
+
+
+class FunctionCall:
+    """A Function applied to a state of the tree; ``.get()`` is its latest result."""
+
+    def __init__(self, function: Function, promise: ExperimentStatePromise) -> None:
+        self.function = function
+        self.promise = promise
+
+    def get(self) -> Any:
+        """Run what is needed and return the function's result for this state."""
+        self.promise._experiment.run(targets=[self.promise], progress=False)
+        return self.promise._experiment.graph.node(self.promise.sha()).results.get(self.function.name)
+
+    def __repr__(self) -> str:
+        return f"<{self.function.name}({self.promise.sha()[:10]})>"

@@ -1,0 +1,205 @@
+"""ExperimentState: one node of the experiment tree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dagger.errors import DeflatedStateError, DefinitionError
+
+if TYPE_CHECKING:
+    from dagger.graph import StaticExperimentTree
+
+# Bookkeeping that lives on a state but is never pickled with it.
+_INTERNAL = ("_dg_sha", "_dg_meta", "_dg_tree", "_dg_loaded")
+
+
+class ExperimentState:
+    """A state of the experiment: a model and its context at one point of the tree.
+
+    Subclass it and declare::
+
+        class State(dg.ExperimentState):
+            PROPERTIES = ["dataset_name", "model_name"]          # define the root; hashed
+            NONHASHED_ATTRIBUTES = ["train_data", "model"]       # stored, inherited, never hashed
+
+            def initialize_state(self, **kwargs):
+                self.model = get_model(self.model_name)
+
+    PROPERTIES are given to :meth:`Experiment.spawn_new_tree` and identify the
+    root. Every attribute a recipe sets is stored with the state; children
+    inherit all of them. A state from :meth:`Experiment.restore` starts slim
+    (properties and metadata only); :meth:`restore` loads the rest.
+    """
+
+    PROPERTIES: ClassVar[list[str]] = []
+    NONHASHED_ATTRIBUTES: ClassVar[list[str]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("PROPERTIES", "NONHASHED_ATTRIBUTES"):
+            value = getattr(cls, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise DefinitionError(
+                    f"{cls.__qualname__}.{name} must be a list of attribute names, e.g. "
+                    f'{name} = ["model_name"]; got {value!r}'
+                )
+        clash = (set(cls.PROPERTIES) & set(cls.NONHASHED_ATTRIBUTES)) | (set(cls.PROPERTIES) & {"tags", "seed"})
+        if clash:
+            raise DefinitionError(
+                f"{cls.__qualname__}: {sorted(clash)} cannot be PROPERTIES (either reserved by dagger, "
+                "or listed in NONHASHED_ATTRIBUTES too). Rename or list each name once."
+            )
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        """Build the root's content (models, data) from its PROPERTIES. Called once, when the root is built."""
+
+    # ---- identity and bookkeeping ------------------------------------------------
+
+    def sha(self) -> str:
+        """The state's hash: its identity in the experiment."""
+        return self.__dict__["_dg_sha"]
+
+    @property
+    def tags(self) -> list[str]:
+        """Labels given to this state with ``exp.tag(...)``; they never change its identity."""
+        return list(self._meta().get("tags", []))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The state's slim metadata (recipe, properties, tags, results, timings), as stored."""
+        return self._meta()
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """What each Function returned for this state at the last run, by function name."""
+        return dict(self._meta().get("results", {}))
+
+    @property
+    def recipe(self) -> dict[str, Any] | None:
+        """The recipe that made this state (class, name, properties), or None for the root."""
+        return self._meta().get("recipe")
+
+    @property
+    def seed(self) -> int:
+        """The integer seed dagger derives from this state's hash (see the user guide)."""
+        return int(self.sha()[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
+
+    def rng(self) -> Any:
+        """A numpy Generator seeded from this state's hash."""
+        import numpy as np
+
+        return np.random.default_rng(self.seed)
+
+    @property
+    def parent(self) -> ExperimentState | None:
+        """The parent state in the experiment tree (slim), or None for the root."""
+        parent = self._meta().get("parent")
+        return None if parent is None else self._tree().node(parent)
+
+    @property
+    def children(self) -> list[ExperimentState]:
+        """The states made from this one (slim)."""
+        return list(self._tree().children_of(self.sha()))
+
+    def lineage(self) -> list[ExperimentState]:
+        """The path from the root to this state, root first.
+
+        Each state's ``.recipe`` tells how it was made from the one before.
+        """
+        path: list[ExperimentState] = []
+        node: ExperimentState | None = self
+        while node is not None:
+            path.append(node)
+            node = node.parent
+        return path[::-1]
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the full state (not just slim metadata) is in memory."""
+        return bool(self.__dict__.get("_dg_loaded", False))
+
+    def restore(self, map_location: Any = None) -> ExperimentState:
+        """Load the full state from the store into this object, and return it.
+
+        This unpickles the stored state, which can run code: restore only
+        experiments you trust. ``map_location`` places torch tensors, as in
+        ``torch.load`` (by default, tensors saved on a GPU load on the CPU when
+        no GPU is present).
+        """
+        if self.is_loaded:
+            return self
+        full = self._tree().records.load_pickle(self.sha(), map_location=map_location)
+        if type(full) is not type(self):
+            self.__class__ = type(full)
+        self.__dict__.update(full.__dict__)
+        self.__dict__["_dg_loaded"] = True
+        return self
+
+    def deflate(self) -> ExperimentState:
+        """Drop everything but PROPERTIES and metadata from memory; :meth:`restore` brings it back."""
+        keep = set(self.PROPERTIES) | set(_INTERNAL)
+        for name in [k for k in self.__dict__ if k not in keep]:
+            del self.__dict__[name]
+        self.__dict__["_dg_loaded"] = False
+        return self
+
+    @contextmanager
+    def lazy_load(self, map_location: Any = None) -> Iterator[ExperimentState]:
+        """Restore the full state for the duration of a ``with`` block, then deflate it again."""
+        was_loaded = self.is_loaded
+        self.restore(map_location=map_location)
+        try:
+            yield self
+        finally:
+            if not was_loaded:
+                self.deflate()
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any]:
+        meta = self.__dict__.get("_dg_meta")
+        if meta is None:
+            raise DefinitionError(
+                f"this {type(self).__name__} is not part of an experiment yet: create states through "
+                "Experiment.spawn_new_tree and recipes, not by calling the class"
+            )
+        return meta
+
+    def _tree(self) -> StaticExperimentTree:
+        tree = self.__dict__.get("_dg_tree")
+        if tree is None:
+            raise DefinitionError(f"state {self.sha()[:12]} is not attached to an experiment tree")
+        return tree
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails.
+        if name.startswith("__") or name in _INTERNAL:
+            raise AttributeError(name)
+        d = self.__dict__
+        if "_dg_sha" in d and not d.get("_dg_loaded", False):
+            raise DeflatedStateError(
+                f"{name!r} is not in memory: state {d['_dg_sha'][:12]} is slim (deflated). "
+                "Call state.restore() first, or use `with state.lazy_load():`."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        from dagger.store.pickling import wrap_large_bytes
+
+        return {k: wrap_large_bytes(v) for k, v in self.__dict__.items() if k not in _INTERNAL}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        d = self.__dict__
+        sha = d.get("_dg_sha")
+        if sha is None:
+            return f"<{type(self).__name__} (not in an experiment)>"
+        meta = d.get("_dg_meta") or {}
+        recipe = (meta.get("recipe") or {}).get("name", "root")
+        tags = ", ".join(meta.get("tags", []))
+        slim = "" if d.get("_dg_loaded") else " slim"
+        return f"<{type(self).__name__} {sha[:10]} {recipe}{' [' + tags + ']' if tags else ''}{slim}>"

@@ -1,0 +1,126 @@
+"""The local-directory store: plain files, atomic through write-then-rename."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from dagger.store.base import Store
+
+
+class LocalStore(Store):
+    """A store in a local folder.
+
+    Every write goes to ``tmp/<uuid>`` first and is moved into place with
+    ``os.replace``, which is atomic on POSIX file systems: a process killed at
+    any instant leaves the old value, the new value, or a stray temporary file
+    that ``gc`` removes, never a torn file. ``fsync=True`` also flushes each
+    file to the device before the rename, for durability across power loss.
+    """
+
+    def __init__(self, path: str, fsync: bool = False) -> None:
+        self.root = os.path.abspath(os.path.expanduser(path))
+        self.url = self.root
+        self.fsync = fsync
+        self._tmp = os.path.join(self.root, "tmp")
+        self._made: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def _ensure_dir(self, path: str) -> None:
+        if path not in self._made:
+            os.makedirs(path, exist_ok=True)
+            self._made.add(path)
+
+    def _tmp_path(self) -> str:
+        self._ensure_dir(self._tmp)
+        return os.path.join(self._tmp, uuid.uuid4().hex)
+
+    def get(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def get_into(self, key: str) -> bytearray:
+        with open(self._path(key), "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            done = 0
+            while done < size:
+                n = f.readinto(view[done:])
+                if not n:
+                    raise OSError(f"{self._path(key)} shrank while being read")
+                done += n
+            return buf
+
+    def size(self, key: str) -> int:
+        return os.stat(self._path(key)).st_size
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        final = self._path(key)
+        self._ensure_dir(os.path.dirname(final))
+        tmp = self._tmp_path()
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def delete(self, key: str) -> None:
+        try:
+            os.remove(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        out: list[str] = []
+        prefix = prefix.rstrip("/")
+        stack = [(base, prefix)]
+        while stack:
+            path, rel = stack.pop()
+            try:
+                entries = os.scandir(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    name = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, name))
+                    else:
+                        out.append(name)
+        return out
+
+    def names(self, folder: str) -> list[str]:
+        """File names directly in ``folder`` (fast path for flat folders)."""
+        try:
+            return os.listdir(self._path(folder))
+        except FileNotFoundError:
+            return []
+
+    def lock(self, key: str, stale_after: float):  # type: ignore[override]
+        from dagger.store.locks import FileLock
+
+        self._ensure_dir(os.path.dirname(self._path(key)))
+        return FileLock(self._path(key), stale_after)

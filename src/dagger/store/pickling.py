@@ -1,0 +1,197 @@
+"""One pickle per state, with its large buffers stored once each as blobs.
+
+The state is pickled with cloudpickle at protocol 5, so shared references
+inside it survive (an optimizer and the model whose parameters it holds come
+back linked) and classes defined in ``__main__`` travel by value. Buffers of at
+least ``threshold`` bytes leave the pickle "out of band":
+
+- numpy arrays (and anything else exposing ``PickleBuffer``) through pickle's
+  ``buffer_callback``;
+- large ``bytes``/``bytearray`` values;
+- torch storages (so every tensor and ``nn.Parameter`` viewing one storage
+  still shares it after loading, and a GPU storage can be loaded on a CPU).
+
+Each such buffer is handed to a ``sink`` that names it by its SHA-256 and
+writes it once; the pickle records the list of names. Loading reads the
+blobs into writable buffers without copying them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from dagger.errors import CorruptRecordError
+
+BlobSink = Callable[[memoryview], str]
+BlobSource = Callable[[str, int], bytearray]
+
+DEFAULT_THRESHOLD = 64 * 1024
+
+# Per-thread context while loading: torch storages already rebuilt, and the
+# map_location chosen by the caller.
+_load_ctx = threading.local()
+
+
+class _StatePickler(cloudpickle.Pickler):
+    def __init__(self, file: io.BytesIO, sink: BlobSink, threshold: int) -> None:
+        super().__init__(file, protocol=5, buffer_callback=self._out_of_band)
+        self._sink = sink
+        self._threshold = threshold
+        self.blobs: list[tuple[str, int]] = []
+        self._storages: dict[tuple[Any, ...], int] = {}
+        self._torch = sys.modules.get("torch")
+
+    def _out_of_band(self, buf: pickle.PickleBuffer) -> bool:
+        view = buf.raw()
+        if view.nbytes < self._threshold:
+            return True  # small: keep in band
+        self.blobs.append((self._sink(view), view.nbytes))
+        return False
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is _LargeBytes:
+            data = obj.data
+            if len(data) >= self._threshold:
+                return (_rebuild_bytes, (type(data) is bytes, pickle.PickleBuffer(data)))
+            return (_identity, (data,))
+        torch = self._torch
+        if torch is not None and isinstance(obj, (torch.storage.TypedStorage, torch.UntypedStorage)):
+            return self._reduce_storage(obj)
+        return super().reducer_override(obj)
+
+    def _reduce_storage(self, obj: Any) -> Any:
+        torch = self._torch
+        typed = isinstance(obj, torch.storage.TypedStorage)
+        untyped = obj._untyped_storage if typed else obj
+        dtype = str(obj.dtype).removeprefix("torch.") if typed else None
+        key = (untyped.data_ptr(), str(untyped.device), untyped.nbytes())
+        if key in self._storages:
+            return (_shared_storage, (self._storages[key], typed, dtype))
+        ident = len(self._storages)
+        self._storages[key] = ident
+        cpu = untyped.cpu() if untyped.device.type != "cpu" else untyped
+        flat = torch.empty(0, dtype=torch.uint8)
+        if cpu.nbytes():
+            flat = flat.set_(cpu)
+        data = pickle.PickleBuffer(flat.numpy()) if cpu.nbytes() >= self._threshold else flat.numpy().tobytes()
+        return (_rebuild_storage, (ident, data, typed, dtype, str(untyped.device)))
+
+
+def dumps(obj: Any, sink: BlobSink, threshold: int = DEFAULT_THRESHOLD) -> tuple[bytes, list[tuple[str, int]]]:
+    """Pickle ``obj``; return the pickle and the ``(blob hash, size)`` of each out-of-band buffer."""
+    f = io.BytesIO()
+    p = _StatePickler(f, sink, threshold)
+    p.dump(obj)
+    return f.getvalue(), p.blobs
+
+
+def loads(data: bytes, blobs: Sequence[tuple[str, int]], source: BlobSource, map_location: Any = None) -> Any:
+    """Unpickle a state pickled by :func:`dumps`, reading its blobs through ``source``."""
+    buffers = [source(name, size) for name, size in blobs]
+    previous = getattr(_load_ctx, "frame", None)
+    _load_ctx.frame = {"storages": {}, "map_location": map_location}
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except (pickle.UnpicklingError, EOFError, IndexError) as exc:
+        raise CorruptRecordError(f"the state pickle is truncated or corrupt ({exc})") from exc
+    finally:
+        _load_ctx.frame = previous
+
+
+def sha256_of(view: memoryview) -> str:
+    """The content name of a blob."""
+    return hashlib.sha256(view).hexdigest()
+
+
+class _LargeBytes:
+    """Marks a top-level bytes attribute, which the C pickler would otherwise keep in band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        return (_identity, (self.data,))
+
+
+def wrap_large_bytes(value: Any) -> Any:
+    """Let a large ``bytes`` attribute of a state leave the pickle as a blob."""
+    if (type(value) is bytes or type(value) is bytearray) and len(value) >= 4096:
+        return _LargeBytes(value)
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _rebuild_bytes(as_bytes: bool, buf: Any) -> bytes | bytearray:
+    return bytes(buf) if as_bytes else bytearray(buf)
+
+
+def _target_device(saved: str) -> str:
+    """Where to put a storage saved on ``saved``, honouring ``map_location``."""
+    frame = getattr(_load_ctx, "frame", None) or {}
+    loc = frame.get("map_location")
+    if callable(loc):
+        return str(loc(saved))
+    if isinstance(loc, dict):
+        return str(loc.get(saved, saved))
+    if loc is not None:
+        return str(loc)
+    if saved.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            warnings.warn(
+                f"a tensor was saved on {saved!r} but CUDA is not available here: loading it on the "
+                "CPU. Pass map_location= to restore() to choose the device explicitly.",
+                stacklevel=2,
+            )
+            return "cpu"
+    return saved
+
+
+def _rebuild_storage(ident: int, data: Any, typed: bool, dtype: str | None, device: str) -> Any:
+    import torch
+
+    buf = data if isinstance(data, (bytearray, memoryview)) else bytearray(data)
+    if len(buf):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only buffer warning: ours are writable
+            untyped = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+    else:
+        untyped = torch.UntypedStorage(0)
+    target = _target_device(device)
+    if target != "cpu":
+        untyped = untyped.to(device=target)
+    frame = getattr(_load_ctx, "frame", None)
+    if frame is not None:
+        frame["storages"][ident] = untyped
+    return _typed(untyped, typed, dtype)
+
+
+def _shared_storage(ident: int, typed: bool, dtype: str | None) -> Any:
+    frame = getattr(_load_ctx, "frame", None)
+    if frame is None or ident not in frame["storages"]:
+        raise CorruptRecordError("a shared torch storage refers to one not yet loaded")
+    return _typed(frame["storages"][ident], typed, dtype)
+
+
+def _typed(untyped: Any, typed: bool, dtype: str | None) -> Any:
+    if not typed:
+        return untyped
+    import torch
+
+    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=getattr(torch, dtype or "uint8"), _internal=True)
