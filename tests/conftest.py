@@ -15,3 +15,5 @@ sys.path.insert(0, HERE)
 def exp_dir(tmp_path):
     """A fresh, empty experiment folder."""
     return str(tmp_path / "exp")
+
+pytest_plugins = ["s3server"]
