@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/pruning/study.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 \

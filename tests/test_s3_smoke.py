@@ -1,5 +1,7 @@
 from paperdefs import State, TrainRecipe, eval_fn
+
 import dagger as dg
+
 
 def test_s3_roundtrip(s3_location):
     url, opts = s3_location

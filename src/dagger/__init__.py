@@ -8,21 +8,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-# The experiment tree
-from dagger.experiment import Experiment
-from dagger.promise import ExperimentStatePromise
-from dagger.recipe import Function, FunctionCall, Recipe
-from dagger.state import ExperimentState
-
-# Analysis
-from dagger.graph import NodeSet, StaticExperimentTree
-from dagger.report import RunReport, StateRun
-
-# Identity
-from dagger.hashing import register_encoder
-
 # Errors
 from dagger.errors import (
+    CodeNotFoundError,
     CorruptRecordError,
     DaggerError,
     DaggerWarning,
@@ -41,6 +29,19 @@ from dagger.errors import (
     UnhashableError,
     UnknownPropertyError,
 )
+
+# The experiment tree
+from dagger.experiment import Experiment
+
+# Analysis
+from dagger.graph import NodeSet, StaticExperimentTree
+
+# Identity
+from dagger.hashing import register_encoder
+from dagger.promise import ExperimentStatePromise
+from dagger.recipe import Function, FunctionCall, Recipe
+from dagger.report import RunReport, StateRun
+from dagger.state import ExperimentState
 
 try:
     __version__ = version("dagger-experiments")
@@ -78,6 +79,7 @@ __all__ = [
     "InvalidHashError",
     "DeflatedStateError",
     "StoreError",
+    "CodeNotFoundError",
     "RecipeChangedError",
     "RunFailedError",
     "__version__",

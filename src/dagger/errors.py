@@ -84,6 +84,10 @@ class StoreError(DaggerError, OSError):
     """Writing to or reading from the store failed."""
 
 
+class CodeNotFoundError(DaggerError, ImportError):
+    """A stored state refers to code (its class, or a function inside it) that cannot be imported here."""
+
+
 class RecipeChangedError(DaggerError):
     """Cached states were produced by recipe code that has changed since (policy ``"error"``)."""
 

@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from dagger.errors import DefinitionError, RecipeReturnError
 from dagger.state import ExperimentState
 from dagger.store import open_store
-from dagger.store.records import Records, state_key
+from dagger.store.records import Records, encode_json, state_key
 
 _HOST = socket.gethostname()
 
@@ -39,14 +40,28 @@ class Runtime:
     seed: bool = True
     locking: bool = True
     lock_stale_after: float = 6 * 3600.0
+    #: The Store object itself when the experiment was opened on one (not on a path or URL).
+    store: Any = field(default=None, repr=False, compare=False)
 
     def records(self) -> Records:
+        if self.store is not None:  # a Store object given by the caller: use it, not a fresh one
+            recs = self.__dict__.get("_records")
+            if recs is None:
+                recs = self.__dict__["_records"] = Records(self.store, self.blob_threshold, self.verify_blobs)
+            return recs
         key = (self.location, repr(sorted(self.storage_options.items())), self.blob_threshold, self.verify_blobs, self.fsync)
         recs = _RECORDS.get(key)
         if recs is None:
             store = open_store(self.location, fsync=self.fsync, **self.storage_options)
             recs = _RECORDS[key] = Records(store, self.blob_threshold, self.verify_blobs)
         return recs
+
+
+def forget_recent(runtime: Runtime) -> None:
+    """Forget this process's in-memory copies of saved pickles, so a new run reads parents from the store."""
+    for recs in [*_RECORDS.values(), runtime.__dict__.get("_records")]:
+        if recs is not None:
+            recs.forget_recent()
 
 
 # One Records per store per process: workers reuse their store connection.
@@ -67,6 +82,10 @@ class TaskSpec:
     functions: list[Any] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    #: Why the state is computed (NEVER_STORED, FAILED_BEFORE, ...); None when it is not.
+    reason: str | None = None
+    #: Recompute although committed, replacing this metadata revision (policy "rerun").
+    replace_rev: str | None = None
 
 
 def worker_name() -> str:
@@ -94,10 +113,35 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+# Python's, numpy's and torch's global generators are process-wide: seeded code runs one
+# task at a time per process, or threads would draw from each other's streams.
+_SEEDED = threading.RLock()
+
+#: Why a state is computed rather than served from the store.
+NEVER_STORED = "never stored"
+FAILED_BEFORE = "previous attempt failed"
+CODE_CHANGED = "recipe code changed"
+FORCED_BY_POLICY = "forced by policy"
+
+
+def failure_key(sha: str) -> str:
+    """Where a failed attempt at computing ``sha`` is recorded (removed once it succeeds)."""
+    return f"failed/{sha}.json"
+
+
+def _record_failure(records: Records, spec: TaskSpec, record: dict[str, Any]) -> None:
+    info = {k: record.get(k) for k in ("sha", "label", "error", "worker", "start", "end")}
+    try:
+        records.store.put(failure_key(spec.sha), encode_json(info))
+    except Exception:  # noqa: BLE001 - the failure itself is what the user needs to see
+        pass
+
+
 def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict[str, Any]:
     """The body of one Dask task. Returns a status record; never raises."""
     start = time.time()
     record: dict[str, Any] = {"sha": spec.sha, "label": spec.label, "start": start, "worker": worker_name()}
+    record["tags"] = list(spec.meta.get("tags", []))  # failed and skipped states have no meta to read them from
     for parent in parents:
         if parent.get("status") in ("failed", "skipped"):
             cause = parent["sha"] if parent["status"] == "failed" else parent.get("cause", parent["sha"])
@@ -110,7 +154,7 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             if runtime.locking:
                 lock = records.store.lock(f"locks/{spec.sha}.lock", runtime.lock_stale_after)
                 lock.acquire()
-            existing = _already_committed(records, spec.sha)
+            existing = None if spec.replace_rev else _already_committed(records, spec.sha)
             if existing is not None:
                 record["status"] = "cached"
                 meta = existing
@@ -142,8 +186,12 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
         end = time.time()
         if record["status"] == "computed":
             meta["run"] = {"start": start, "end": end, "duration": end - start, "worker": record["worker"]}
-        old_rev = meta.get("rev") if record["status"] == "cached" else None
+        old_rev = meta.get("rev") if record["status"] == "cached" else spec.replace_rev
         records.write_meta(meta, old_rev=old_rev)
+        if record["status"] == "computed":
+            record["reason"] = spec.reason
+            if spec.reason == FAILED_BEFORE:
+                records.store.delete(failure_key(spec.sha))
         record.update(end=end, duration=end - start, meta=meta)
         return record
     except BaseException as exc:  # noqa: BLE001 - a task must never take its siblings down
@@ -156,7 +204,10 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             traceback=traceback.format_exc(),
             end=end,
             duration=end - start,
+            reason=spec.reason,
         )
+        if spec.compute:
+            _record_failure(records, spec, record)
         return record
     finally:
         if lock is not None:
@@ -184,16 +235,19 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
         state = cls.__new__(cls)
         state.__dict__.update(spec.properties)
         _attach(state, spec.sha, spec.meta)
-        if runtime.seed:
-            seed_everything(seed)
-        state.initialize_state(**(spec.init_kwargs or {}))
+        with _SEEDED if runtime.seed else nullcontext():
+            if runtime.seed:
+                seed_everything(seed)
+            state.initialize_state(**(spec.init_kwargs or {}))
         return state
     parent = records.load_pickle(spec.parent)
     _attach(parent, spec.sha, spec.meta)  # the recipe sees the child's identity (seed, tags)
     recipe = spec.recipe
-    if runtime.seed and getattr(recipe, "SEED", True):
-        seed_everything(seed)
-    child = recipe.run(parent)
+    seeded = runtime.seed and getattr(recipe, "SEED", True)
+    with _SEEDED if seeded else nullcontext():
+        if seeded:
+            seed_everything(seed)
+        child = recipe.run(parent)
     if not isinstance(child, cls):
         raise RecipeReturnError(
             f"{type(recipe).__name__}.run returned {type(child).__name__!s} ({_short(child)}), "
@@ -251,6 +305,10 @@ def _process_get(num_workers: int | None) -> Any:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         workers = num_workers or os.cpu_count() or 1
+        # One state per dispatch: dask's default batches 6 tasks into one process, so a fan-out
+        # of 8 states would run 6 + 2 on two workers instead of 4 + 4.
+        kw.setdefault("chunksize", 1)
+        kw.setdefault("num_workers", workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             return get_processes(dsk, keys, pool=pool, **kw)
 
@@ -262,9 +320,52 @@ def _process_get(num_workers: int | None) -> Any:
 SCHEDULERS = ("single-threaded", "threads", "processes")
 
 
+class InlineGet:
+    """The default single-threaded scheduler: dagger's Dask graph run in order, in this thread.
+
+    The graph is the same Dask graph every scheduler gets (one task per state,
+    keyed by its hash, handing its parent's status record to its children).
+    Dask's synchronous scheduler spends more time per task on its own
+    bookkeeping (ordering, queues, callbacks) than dagger spends on a small
+    state, so :meth:`run` executes the graph directly when its insertion
+    order is already a valid execution order (parents before children, as
+    :meth:`Experiment.run` builds it), reporting to the progress display.
+    Called as a plain ``get`` (or for any other graph), it is
+    ``dask.local.get_sync``; ``scheduler="sync"`` always uses that.
+    """
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        from dask.local import get_sync
+
+        return get_sync(dsk, keys, **kwargs)
+
+    @staticmethod
+    def run(graph: dict[str, Any], keys: list[str], progress: Any = None) -> list[Any] | None:
+        """Run ``graph``'s tasks in insertion order; the results of ``keys``, or None if it cannot."""
+        seen: set[str] = set()
+        for key, task in graph.items():
+            if type(task) is not tuple or not task or not callable(task[0]):
+                return None
+            for arg in task[1:]:
+                if type(arg) is str and arg in graph and arg not in seen:
+                    return None  # a task before its dependency: let Dask order it
+            seen.add(key)
+        results: dict[str, Any] = {}
+        for key, task in graph.items():
+            args = [results[a] if type(a) is str and a in results else a for a in task[1:]]
+            if progress is not None:
+                progress.started()
+            results[key] = out = task[0](*args)
+            if progress is not None:
+                progress.finished(out)
+        return [results[k] for k in keys]
+
+
 def resolve_scheduler(scheduler: Any, num_workers: int | None = None) -> tuple[Any, Any]:
     """A ``get(graph, keys)`` function for ``scheduler``, and a client to close afterwards."""
-    if scheduler in (None, "single-threaded", "sync", "synchronous"):
+    if scheduler in (None, "single-threaded"):
+        return InlineGet(), None
+    if scheduler in ("sync", "synchronous"):
         from dask.local import get_sync
 
         return get_sync, None

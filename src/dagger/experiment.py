@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagger import hashing
+from dagger import environment, hashing, sourcehash
 from dagger.errors import (
     DaggerWarning,
     DefinitionError,
@@ -19,13 +20,24 @@ from dagger.errors import (
     StateClassMismatchError,
     UnhashableError,
 )
-from dagger.execution import Runtime, TaskSpec, resolve_scheduler, run_task
+from dagger.execution import (
+    CODE_CHANGED,
+    FAILED_BEFORE,
+    FORCED_BY_POLICY,
+    NEVER_STORED,
+    Runtime,
+    TaskSpec,
+    failure_key,
+    forget_recent,
+    resolve_scheduler,
+    run_task,
+)
 from dagger.promise import ExperimentStatePromise
 from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import Records, encode_json
+from dagger.store.records import Records
 
 
 class Experiment:
@@ -54,6 +66,8 @@ class Experiment:
         fsync: bool = False,
         seed: bool = True,
         locking: bool = True,
+        packages: Iterable[str] = (),
+        on_code_change: str = "warn",
     ) -> None:
         if state_class is not None and not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise DefinitionError(f"state_class must be a subclass of dagger.ExperimentState, got {state_class!r}")
@@ -69,6 +83,7 @@ class Experiment:
             fsync=fsync,
             seed=seed,
             locking=locking,
+            store=directory if isinstance(directory, Store) else None,
         )
         self.info = self.records.read_experiment()
         if state_class is not None and self.info is not None:
@@ -79,6 +94,12 @@ class Experiment:
         self._tags: list[str] = []
         self._graph: Any = None
         self.last_report: RunReport | None = None
+        #: Distributions whose versions the environment record lists (besides dagger, dask, numpy, torch).
+        self.packages = tuple(packages)
+        #: What run() does with cached states whose recipe code changed: "warn", "rerun" or "error".
+        self.on_code_change = sourcehash.check_policy(on_code_change)
+        self._sources = sourcehash.SourceHashes()
+        self._env_diff: dict[str, Any] | None = None
 
     # ---- defining the tree -------------------------------------------------------
 
@@ -133,6 +154,7 @@ class Experiment:
                 "root": sha,
                 "root_properties": _jsonish(props),
                 "created": time.time(),
+                "environment": environment.capture(self.packages),
             }
             self.records.write_experiment(self.info)
         promise = ExperimentStatePromise(self, sha, None, None, None, None, list(self._tags), kwargs, props)
@@ -165,7 +187,7 @@ class Experiment:
         scheduler: Any = "single-threaded",
         *,
         num_workers: int | None = None,
-        progress: bool | None = None,
+        progress: Any = None,
         targets: Iterable[ExperimentStatePromise] | None = None,
         raise_on_failure: bool = True,
     ) -> RunReport:
@@ -173,22 +195,32 @@ class Experiment:
 
         ``scheduler`` is ``"single-threaded"`` (default), ``"threads"``,
         ``"processes"``, a ``dask.distributed.Client`` or a scheduler address.
+        The default runs the Dask graph in this thread without Dask's per-task
+        bookkeeping (see :class:`~dagger.execution.InlineGet`); ``"sync"`` runs
+        it through ``dask.local.get_sync`` instead.
         Returns a :class:`RunReport`. If any state fails, every other branch
         still finishes and is saved, then :class:`RunFailedError` lists the
         failures; running again computes only what is missing.
+
+        ``progress``: None (default) shows a one-line display only when stderr
+        is a terminal; True or False forces it on or off; a text stream draws
+        on that stream. Ctrl-C stops scheduling new states; finished states
+        stay saved (nothing is half-written) and a new run resumes.
         """
         from dagger.progress import Progress
 
         start = time.time()
+        forget_recent(self.runtime)
         stored = self.records.load_all_meta(on_corrupt=self._warn_corrupt)
         selected = self._select(targets)
+        forced = self._prepare_run(selected, stored)
         graph: dict[str, Any] = {}
         plan: dict[str, str] = {}
         tag_updates: list[dict[str, Any]] = []
         for promise in selected:
             sha = promise._sha
             meta = stored.get(sha)
-            if meta is None:
+            if meta is None or sha in forced:
                 plan[sha] = "compute"
             elif promise.functions:
                 plan[sha] = "evaluate"
@@ -197,7 +229,9 @@ class Experiment:
                     tag_updates.append(meta)
                     meta["tags"] = list(promise.tags)
                 continue
-            spec = self._spec(promise, compute=meta is None, stored_meta=meta)
+            spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
+            if spec.compute:
+                self._explain(spec, meta, forced.get(sha))
             parent = promise.parent
             if parent is not None and plan.get(parent._sha) == "compute":
                 graph[sha] = (run_task, self.runtime, spec, parent._sha)
@@ -209,10 +243,16 @@ class Experiment:
         if graph:
             get, client = resolve_scheduler(scheduler, num_workers)
             keys = list(graph)
-            show = Progress.wanted(progress)
+            n_cached = sum(1 for p in selected if p._sha not in graph)
             try:
-                with Progress(len(keys), enabled=show, scheduler=scheduler) as bar:
-                    records = bar.collect(get, graph, keys)
+                with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar:
+                    bar.counts["cached"] = n_cached
+                    inline = getattr(get, "run", None)  # single-threaded: no Dask bookkeeping per task
+                    ran = inline(graph, keys, bar) if inline is not None else None
+                    records = ran if ran is not None else bar.collect(get, graph, keys)
+            except KeyboardInterrupt:
+                self._interrupted()
+                raise
             finally:
                 if client is not None:
                     client.close()
@@ -228,6 +268,26 @@ class Experiment:
         if report.failures and raise_on_failure:
             raise RunFailedError(report.failure_message(), report.failures, report)
         return report
+
+    def _interrupted(self) -> None:
+        """Ctrl-C during run(): refresh the index from the commit records and say how to resume.
+
+        Every write is atomic and a state's commit record is written last, so
+        an interrupted state is simply absent; the ones finished are kept.
+        """
+        import sys
+
+        try:
+            done = len(self.records.load_all_meta(on_corrupt=self._warn_corrupt))
+        except Exception:  # noqa: BLE001 - the interrupt is what must surface
+            done = -1
+        self._graph = None
+        saved = f"{done} state(s) are saved in {self.directory}" if done >= 0 else f"saved states are in {self.directory}"
+        sys.stderr.write(
+            f"\ndagger: run interrupted; {saved}, nothing half-written. "
+            "Run exp.run() again to resume: finished states are served from the store.\n"
+        )
+        sys.stderr.flush()
 
     def _select(self, targets: Iterable[ExperimentStatePromise] | None) -> list[ExperimentStatePromise]:
         if targets is None:
@@ -283,7 +343,75 @@ class Experiment:
                 "version": _jsonish(cls.VERSION),
                 "sha": promise.recipe_sha,
             }
+            source = self._sources(cls)
+            if source is not None:
+                meta["recipe"]["source"] = source
+        env = self._state_environment()
+        if env:
+            meta["environment"] = env
         return meta
+
+    # ---- reproducibility (see dagger.sourcehash, dagger.environment, dagger.reproduce) ----
+
+    def _prepare_run(self, selected: list[ExperimentStatePromise], stored: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Check recipe code against the cache (per the policy); return ``{sha: reason}`` to recompute."""
+        self._sources = sourcehash.SourceHashes()
+        self._env_diff = None
+        self._failed: set[str] | None = None
+        changed = sourcehash.find_changes(selected, stored, self._sources)
+        sourcehash.check(self.on_code_change, changed)
+        forced: dict[str, str] = {}
+        if self.on_code_change == "rerun":
+            for promise in selected:  # parents always come before their children
+                if promise._sha not in stored:
+                    continue
+                if promise._sha in changed:
+                    forced[promise._sha] = CODE_CHANGED
+                elif promise.parent is not None and promise.parent._sha in forced:
+                    forced[promise._sha] = FORCED_BY_POLICY
+        return forced
+
+    def _explain(self, spec: TaskSpec, stored_meta: dict[str, Any] | None, forced: str | None) -> None:
+        """Say why ``spec``'s state is computed, on the task (for the report) and in its metadata."""
+        if forced is not None and stored_meta is not None:
+            spec.reason = forced
+            spec.replace_rev = stored_meta.get("rev")
+            old = (stored_meta.get("recipe") or {}).get("source") or "?"
+            new = (spec.meta.get("recipe") or {}).get("source") or "?"
+            detail = (
+                f"source {old[:12]} -> {new[:12]}"
+                if forced == CODE_CHANGED
+                else f"on_code_change='rerun' recomputes the subtree of a changed recipe (parent {str(spec.parent)[:12]})"
+            )
+        else:
+            if self._failed is None:
+                self._failed = {k.rsplit("/", 1)[-1].split(".")[0] for k in self.store.list("failed")}
+            spec.reason = FAILED_BEFORE if spec.sha in self._failed else NEVER_STORED
+            detail = ""
+            if spec.reason == FAILED_BEFORE:
+                try:
+                    detail = str(json.loads(self.store.get(failure_key(spec.sha))).get("error") or "")
+                except (OSError, ValueError):
+                    detail = ""
+        spec.meta["explain"] = f"{spec.reason}: {detail}" if detail else spec.reason
+
+    def _state_environment(self) -> dict[str, Any]:
+        """How this run's environment differs from the experiment's (captured once per run)."""
+        if self._env_diff is None:
+            base = (self.info or {}).get("environment")
+            self._env_diff = environment.differences(base, environment.capture(self.packages))
+        return self._env_diff
+
+    def reproduce(self, sha_or_prefix: str, rtol: float = 0.0, atol: float = 0.0) -> Any:
+        """Recompute a stored state from its parent in memory and compare it with the stored one.
+
+        Returns a :class:`~dagger.reproduce.ReproduceReport` (``.ok``, ``.differences``, printable).
+        The store is never written to. ``rtol``/``atol`` allow numeric differences, as in
+        ``numpy.allclose``; by default every buffer must be identical.
+        """
+        from dagger.reproduce import reproduce
+
+        return reproduce(self, sha_or_prefix, rtol=rtol, atol=atol)
 
     def _warn_corrupt(self, sha: str, key: str, exc: Exception) -> None:
         warnings.warn(
@@ -328,6 +456,23 @@ class Experiment:
             for node in graph.nodes:
                 node.restore()
         return exp
+
+    # ---- maintenance -------------------------------------------------------------------
+
+    def gc(self, unreachable: bool = False, dry_run: bool = False) -> Any:
+        """Remove unreferenced blobs, temp files, stale locks, old metadata revisions (and, with
+        ``unreachable=True``, states not reachable from the root). Returns a printable GcReport."""
+        from dagger.store.maintenance import gc
+
+        report = gc(self.records, unreachable=unreachable, dry_run=dry_run)
+        self._graph = None
+        return report
+
+    def verify(self) -> Any:
+        """Re-hash every blob and check every record; returns a VerifyReport (``.ok``, printable)."""
+        from dagger.store.maintenance import verify
+
+        return verify(self.records)
 
     def __repr__(self) -> str:
         return f"Experiment({self.directory!r}, states defined={len(self._promises)})"

@@ -6,7 +6,6 @@ state's :meth:`~dagger.state.ExperimentState.restore` is called.
 
 from __future__ import annotations
 
-import builtins
 import fnmatch
 import html
 import re
@@ -34,6 +33,25 @@ class NodeSet(Sequence[ExperimentState]):
         for n in nodes:
             seen.setdefault(n.sha(), n)
         self._nodes = list(seen.values())
+        self._tags: dict[str, list[int]] | None = None
+
+    @classmethod
+    def _distinct(cls, nodes: list[ExperimentState]) -> NodeSet:
+        """A set of nodes already known to be distinct (no de-duplication pass)."""
+        out = cls.__new__(cls)
+        out._nodes = nodes
+        out._tags = None
+        return out
+
+    def _tag_index(self) -> dict[str, list[int]]:
+        """Each tag and the positions of the states carrying it (built once per set)."""
+        if self._tags is None:
+            index: dict[str, list[int]] = {}
+            for i, n in enumerate(self._nodes):
+                for t in n._meta().get("tags", ()):
+                    index.setdefault(t, []).append(i)
+            self._tags = index
+        return self._tags
 
     @overload
     def __getitem__(self, i: int) -> ExperimentState: ...
@@ -64,7 +82,7 @@ class NodeSet(Sequence[ExperimentState]):
         if not isinstance(other, NodeSet):
             return NotImplemented
         keep = {n.sha() for n in other._nodes}
-        return NodeSet(n for n in self._nodes if n.sha() in keep)
+        return NodeSet._distinct([n for n in self._nodes if n.sha() in keep])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NodeSet):
@@ -83,16 +101,19 @@ class NodeSet(Sequence[ExperimentState]):
         if not patterns:
             return NodeSet(self._nodes)
         matchers = [_matcher(p) for p in patterns]
-        combine = builtins.any if any else all
-        # Match each distinct tag once, then test nodes by set lookups.
-        tags = {t for n in self._nodes for t in n._meta().get("tags", ())}
-        hits = [({t for t in tags if rx(t)}, neg) for rx, neg in matchers]
-        out = []
-        for n in self._nodes:
-            own = n._meta().get("tags", ())
-            if combine((not hit.isdisjoint(own)) != neg for hit, neg in hits):
-                out.append(n)
-        return NodeSet(out)
+        # Match each distinct tag once, then combine the positions of the states carrying them.
+        index = self._tag_index()
+        chosen: set[int] | None = None
+        for rx, neg in matchers:
+            where: set[int] = set()
+            for tag, positions in index.items():
+                if rx(tag):
+                    where.update(positions)
+            if neg:
+                where = set(range(len(self._nodes))).difference(where)
+            chosen = where if chosen is None else (chosen | where if any else chosen & where)
+        nodes = self._nodes
+        return NodeSet._distinct([nodes[i] for i in sorted(chosen or ())])
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per state: hash, recipe, its properties along the lineage, tags, results."""
@@ -161,7 +182,11 @@ class StaticExperimentTree:
         cls = state_class or ExperimentState
         self._nodes: dict[str, ExperimentState] = {}
         self._children: dict[str, list[str]] = {}
-        for sha, meta in sorted(metas.items(), key=lambda kv: (kv[1].get("depth", 0), kv[1].get("created", 0))):
+        tags: dict[str, list[int]] = {}  # the tag index of self.nodes, built in the same pass
+        ordered = sorted(metas.items(), key=lambda kv: (kv[1].get("depth", 0), kv[1].get("created", 0)))
+        for position, (sha, meta) in enumerate(ordered):
+            for tag in meta.get("tags") or ():
+                tags.setdefault(tag, []).append(position)
             node = cls.__new__(cls)
             d = node.__dict__
             props = meta.get("properties")
@@ -175,7 +200,8 @@ class StaticExperimentTree:
             parent = meta.get("parent")
             if parent is not None:
                 self._children.setdefault(parent, []).append(sha)
-        self.nodes = NodeSet(self._nodes.values())
+        self.nodes = NodeSet._distinct(list(self._nodes.values()))  # one node per hash already
+        self.nodes._tags = tags
 
     @property
     def root(self) -> ExperimentState | None:
@@ -271,30 +297,58 @@ class StaticExperimentTree:
                     dot.edge(parent[:12], kid[:12])
         return dot
 
-    def draw(self, filename: str | None = None, format: str | None = None, result: str | None = None) -> Any:  # noqa: A002
+    def draw(
+        self,
+        filename: str | None = None,
+        format: str | None = None,  # noqa: A002
+        result: str | None = None,
+        highlight: Iterable[ExperimentState] = (),
+    ) -> Any:
         """Render the tree. With ``filename``, write it (svg, png or pdf, from the suffix or ``format``).
 
-        Without one, return the ``graphviz.Digraph``, which Jupyter displays inline.
+        States are coloured by status (root or done) and show
+        their tags and results, or only ``result`` (e.g. ``"accuracy"``);
+        ``highlight`` states get a thick border. Without a filename, return
+        the ``graphviz.Digraph``, which Jupyter displays inline.
         """
-        dot = self.to_graphviz(result=result)
+        dot = self.to_graphviz(result=result, highlight=highlight)
         if filename is None:
             return dot
         fmt = format or (filename.rsplit(".", 1)[-1] if "." in filename else "svg")
         if fmt not in ("svg", "png", "pdf"):
             raise ValueError(f"cannot draw to format {fmt!r}: use svg, png or pdf")
+        if fmt == "png":
+            dot.graph_attr["dpi"] = "144"  # readable labels when the picture is shown at full width
         data = dot.pipe(format=fmt)
         with open(filename, "wb") as f:
             f.write(data)
         return filename
 
-    def _repr_svg_(self) -> str:
-        return self.to_graphviz().pipe(format="svg").decode()
+    def _repr_svg_(self) -> str | None:
+        """The tree as SVG for Jupyter; None (text fallback) when Graphviz is not installed."""
+        try:
+            return self.to_graphviz().pipe(format="svg").decode()
+        except Exception:  # noqa: BLE001 - graphviz missing or `dot` not on PATH: show the text form
+            return None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter's rich display: the SVG picture where Graphviz is available, and the text tree."""
+        bundle = {"text/plain": self.to_text() or repr(self)}
+        svg = self._repr_svg_()
+        if svg is not None:
+            bundle["image/svg+xml"] = svg
+        return bundle
 
     def __repr__(self) -> str:
         return f"<StaticExperimentTree {len(self._nodes)} states>"
 
 
-_STATUS_COLOURS = {"ok": ("#e8f4ea", "#4a8f5a"), "root": ("#e6eef8", "#4a6f9f"), "failed": ("#fbe9e7", "#c0392b")}
+_STATUS_COLOURS = {
+    "ok": ("#e8f4ea", "#4a8f5a"),
+    "root": ("#e6eef8", "#4a6f9f"),
+    "failed": ("#fbe9e7", "#c0392b"),
+    "function failed": ("#fdf2e0", "#d68910"),
+}
 
 
 def _fmt(value: Any) -> str:
@@ -307,6 +361,8 @@ def _label(node: ExperimentState, result: str | None, marked: bool) -> str:
     meta = node._meta()
     recipe = meta.get("recipe")
     status = "failed" if meta.get("status") == "failed" else ("root" if recipe is None else "ok")
+    if status == "ok" and meta.get("function_errors"):
+        status = "function failed"
     fill, border = _STATUS_COLOURS[status]
     esc = html.escape
     rows = []

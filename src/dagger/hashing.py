@@ -55,7 +55,7 @@ _pack_len = struct.Struct(">Q").pack
 _pack_double = struct.Struct(">d").pack
 
 # Exact-type and MRO dispatch table: type -> function(hasher, obj, state).
-_dispatch: dict[type, Callable[[Any, Any, "_Walk"], None]] = {}
+_dispatch: dict[type, Callable[[Any, Any, _Walk], None]] = {}
 # User encoders: type -> function(obj) returning an encodable value.
 _user_encoders: dict[type, Encoder] = {}
 # Top-level module name -> function registering that library's encoders.
@@ -116,8 +116,34 @@ def root_hash(state_class_path: str, properties: dict[str, Any]) -> str:
         raise
 
 
+def _str_token(text: str) -> bytes:
+    """The encoding of a ``str`` (as ``_enc_str`` feeds it), as bytes."""
+    payload = text.encode("utf-8", "surrogatepass")
+    return b"S" + _pack_len(len(payload)) + payload
+
+
+# The constant heads of the state and recipe tuples, encoded once (same bytes as the walk).
+_STATE_HEAD = b"T" + _pack_len(3) + _str_token("dagger.state")
+_RECIPE_HEADS: dict[str, bytes] = {}
+
+
 def recipe_hash(recipe_class_path: str, properties: dict[str, Any], version: Any) -> str:
     """Hash of a recipe: its class, its PROPERTIES and its VERSION."""
+    if type(recipe_class_path) is str:
+        # digest(("dagger.recipe", path, properties, version)), its head encoded once per class.
+        head = _RECIPE_HEADS.get(recipe_class_path)
+        if head is None:
+            head = b"T" + _pack_len(4) + _str_token("dagger.recipe") + _str_token(recipe_class_path)
+            if len(_RECIPE_HEADS) < 10_000:
+                _RECIPE_HEADS[recipe_class_path] = head
+        h = hashlib.sha256(head)
+        w = _Walk(h)
+        w.feed(properties)
+        try:
+            w.feed(version)
+        except UnhashableError as exc:
+            raise _at(exc, "[3]") from None
+        return h.hexdigest()
     try:
         return digest(("dagger.recipe", recipe_class_path, properties, version))
     except UnhashableError as exc:
@@ -136,6 +162,8 @@ def name_path(exc: UnhashableError, owner: str) -> UnhashableError:
 
 def child_hash(parent: str, recipe: str) -> str:
     """Hash of a child state: fully determined by its parent and its recipe."""
+    if type(parent) is str and type(recipe) is str:  # digest(("dagger.state", parent, recipe)), directly
+        return hashlib.sha256(_STATE_HEAD + _str_token(parent) + _str_token(recipe)).hexdigest()
     return digest(("dagger.state", parent, recipe))
 
 

@@ -23,6 +23,11 @@ class StateRun:
     traceback: str | None = None
     cause: str | None = None
     function_errors: dict[str, str] = field(default_factory=dict)
+    #: Why it was computed rather than served from the store ("never stored", "previous attempt
+    #: failed", "recipe code changed", "forced by policy"); None for cached states.
+    reason: str | None = None
+    #: For a cached state: the run that computed it (start, end, duration, worker), from its metadata.
+    stored_run: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -52,7 +57,7 @@ class RunReport:
                 StateRun(
                     sha=rec["sha"],
                     recipe=rec.get("label", "?"),
-                    tags=list(meta.get("tags", [])),
+                    tags=list(meta.get("tags", rec.get("tags", []))),
                     status=rec["status"],
                     duration=float(rec.get("duration", 0.0)),
                     start=rec.get("start"),
@@ -62,6 +67,8 @@ class RunReport:
                     traceback=rec.get("traceback"),
                     cause=rec.get("cause"),
                     function_errors=rec.get("function_errors") or {},
+                    reason=rec.get("reason"),
+                    stored_run=meta.get("run") if rec["status"] == "cached" else None,
                 )
             )
         for promise in untouched:
@@ -71,9 +78,40 @@ class RunReport:
                     recipe=type(promise.recipe).__name__ if promise.recipe is not None else "root",
                     tags=list(promise.tags),
                     status="cached",
+                    stored_run=(stored.get(promise.sha()) or {}).get("run"),
                 )
             )
         return cls(rows, start, end)
+
+    @classmethod
+    def from_metadata(cls, metas: Any) -> RunReport:
+        """How each stored state was computed (when, how long, where), from slim metadata only.
+
+        ``metas`` is an iterable of metadata dicts or of slim states, e.g.
+        ``RunReport.from_metadata(dg.Experiment.restore(path).graph.nodes)``; each
+        state appears as ``computed`` with the facts its run recorded.
+        """
+        rows = []
+        for item in metas:
+            meta = item.metadata if hasattr(item, "metadata") else item
+            run = meta.get("run") or {}
+            recipe = meta.get("recipe") or {}
+            rows.append(
+                StateRun(
+                    sha=meta["sha"],
+                    recipe=recipe.get("name", "root"),
+                    tags=list(meta.get("tags", [])),
+                    status="computed",
+                    duration=float(run.get("duration") or 0.0),
+                    start=run.get("start"),
+                    end=run.get("end"),
+                    worker=run.get("worker"),
+                )
+            )
+        rows.sort(key=lambda r: (r.start is None, r.start or 0.0))
+        starts = [r.start for r in rows if r.start is not None]
+        ends = [r.end for r in rows if r.end is not None]
+        return cls(rows, min(starts, default=0.0), max(ends, default=0.0))
 
     def _with(self, status: str) -> list[StateRun]:
         return [s for s in self.states if s.status == status]
@@ -120,17 +158,50 @@ class RunReport:
         lines.append("Fix the cause and run again: finished states are served from the store.")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        header = f"{'state':<12}  {'recipe':<18} {'status':<9} {'time':>8}  {'worker':<22} tags"
-        lines = [header, "-" * len(header)]
+    def table(self, tracebacks: bool = False) -> str:
+        """The report as a text table, one row per state, then the summary.
+
+        ``time`` is how long the state took in this run; for a cached state it
+        is the stored duration of the run that computed it, in parentheses.
+        With ``tracebacks=True`` each failure's traceback follows the table.
+        """
+        head = ("state", "recipe", "status", "started", "time", "worker", "tags")
+        rows = []
         for s in self.states:
-            when = f"{s.duration:7.2f}s" if s.status in ("computed", "failed") else "       -"
-            lines.append(
-                f"{s.sha[:12]:<12}  {s.recipe[:18]:<18} {s.status:<9} {when:>8}  {(s.worker or '-')[:22]:<22} "
-                f"{', '.join(s.tags)}"
-            )
+            started, took = "-", "-"
+            if s.status in ("computed", "failed") and s.start is not None:
+                started = time.strftime("%H:%M:%S", time.localtime(s.start))
+                took = _seconds(s.duration)
+            elif s.stored_run and s.stored_run.get("duration") is not None:
+                took = f"({_seconds(float(s.stored_run['duration']))})"
+            status = s.status if not s.function_errors else f"{s.status}*"
+            tags = ", ".join(s.tags)
+            if s.status == "failed" and s.error:
+                tags = f"{tags}  ! {s.error.splitlines()[0][:80]}".strip()
+            elif s.status == "skipped" and s.cause:
+                tags = f"{tags}  (parent {s.cause[:12]} failed)".strip()
+            rows.append((s.sha[:12], s.recipe, status, started, took, s.worker or "-", tags))
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+        right = {4}
+
+        def fmt(cells: tuple[str, ...]) -> str:
+            out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+            return "  ".join(out).rstrip()
+
+        lines = [fmt(head), "  ".join("-" * w for w in widths)]
+        lines += [fmt(r) for r in rows]
         lines.append(self.summary())
+        if any(s.function_errors for s in self.states):
+            lines.append("* a Function raised on this state (see .failures)")
+        if tracebacks:
+            for s in self.failures:
+                lines.append("")
+                lines.append(f"--- {s.sha[:12]} {s.recipe} on {s.worker or '?'}")
+                lines.append((s.traceback or s.error or "").rstrip())
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per state (e.g. for ``pandas.DataFrame``)."""
@@ -139,3 +210,11 @@ class RunReport:
     @staticmethod
     def now() -> float:
         return time.time()
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f}h"
+    if value >= 60:
+        return f"{value / 60:.1f}m"
+    return f"{value:.2f}s"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dagger.errors import DeflatedStateError, DefinitionError
+from dagger.errors import DefinitionError, DeflatedStateError
 
 if TYPE_CHECKING:
     from dagger.graph import StaticExperimentTree
@@ -191,7 +191,10 @@ class ExperimentState:
         return {k: wrap_large_bytes(v) for k, v in self.__dict__.items() if k not in _INTERNAL}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        from dagger.store.pickling import _LargeBytes
+
+        # copy.copy() hands back __getstate__'s dict as is: unwrap large bytes it wrapped.
+        self.__dict__.update({k: v.data if type(v) is _LargeBytes else v for k, v in state.items()})
 
     def __repr__(self) -> str:
         d = self.__dict__

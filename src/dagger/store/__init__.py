@@ -13,7 +13,7 @@ from dagger.store.records import Records
 __all__ = ["Store", "LocalStore", "FsspecStore", "Records", "open_store"]
 
 
-def open_store(location: "str | os.PathLike[str] | Store", fsync: bool = False, **storage_options: Any) -> Store:
+def open_store(location: str | os.PathLike[str] | Store, fsync: bool = False, **storage_options: Any) -> Store:
     """The store for ``location``: a local path (or ``file://`` URL), any fsspec URL, or a Store."""
     if isinstance(location, Store):
         return location

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagger.store.base import Store
+from dagger.store.base import Store, check_key
 
 
 class FsspecStore(Store):
@@ -24,7 +24,7 @@ class FsspecStore(Store):
         self.storage_options = storage_options
 
     def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
+        return f"{self.root}/{check_key(key)}"
 
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key))

@@ -14,6 +14,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from dagger.errors import CorruptRecordError
+
+
+def check_key(key: str) -> str:
+    """``key`` itself, if it stays inside the experiment folder; else :class:`CorruptRecordError`.
+
+    Keys are built from stored values (hashes, blob names); a record that was
+    edited or forged must never make dagger read, write or delete elsewhere.
+    """
+    if not isinstance(key, str) or key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
+        raise CorruptRecordError(
+            f"refusing the store key {key!r}: it would point outside the experiment folder. It comes from a "
+            "record that was edited or forged; run `dagger verify` and do not restore states from this folder."
+        )
+    return key
+
 
 class Store(abc.ABC):
     """A flat key-value view of one experiment folder."""
@@ -71,7 +87,7 @@ class Store(abc.ABC):
         """Leftovers of interrupted writes, for ``gc``."""
         return [k for k in self.list("tmp")]
 
-    def lock(self, key: str, stale_after: float) -> "Lock":
+    def lock(self, key: str, stale_after: float) -> Lock:
         """An advisory lock at ``key`` (see :mod:`dagger.store.locks`)."""
         from dagger.store.locks import KeyLock
 

@@ -18,11 +18,13 @@ blobs into writable buffers without copying them again.
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
 import pickle
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,7 +34,7 @@ import cloudpickle
 from dagger.errors import CorruptRecordError
 
 BlobSink = Callable[[memoryview], str]
-BlobSource = Callable[[str, int], bytearray]
+BlobSource = Callable[[str, int], "bytearray | memoryview"]
 
 DEFAULT_THRESHOLD = 64 * 1024
 
@@ -41,8 +43,24 @@ DEFAULT_THRESHOLD = 64 * 1024
 _load_ctx = threading.local()
 
 
+# Classes and functions cloudpickle saves by reference: asking again costs a module lookup each time.
+_BY_REFERENCE: set[Any] = set()
+
+
+_DISPATCH: tuple[dict[Any, Any], dict[Any, Any]] | None = None
+
+
+def _dispatch_table() -> dict[Any, Any]:
+    """cloudpickle's reducers over copyreg's, as one dict (its ChainMap costs a Python call per lookup)."""
+    global _DISPATCH
+    if _DISPATCH is None or _DISPATCH[0] != copyreg.dispatch_table:
+        _DISPATCH = (dict(copyreg.dispatch_table), dict(cloudpickle.Pickler.dispatch_table))
+    return _DISPATCH[1]
+
+
 class _StatePickler(cloudpickle.Pickler):
     def __init__(self, file: io.BytesIO, sink: BlobSink, threshold: int) -> None:
+        self.dispatch_table = _dispatch_table()  # before __init__, which reads it once
         super().__init__(file, protocol=5, buffer_callback=self._out_of_band)
         self._sink = sink
         self._threshold = threshold
@@ -67,7 +85,16 @@ class _StatePickler(cloudpickle.Pickler):
         torch = self._torch
         if torch is not None and isinstance(obj, (torch.storage.TypedStorage, torch.UntypedStorage)):
             return self._reduce_storage(obj)
-        return super().reducer_override(obj)
+        if cls is types.FunctionType or isinstance(obj, type):
+            # cloudpickle decides, per class or function, whether to save it by reference
+            # (importable) or by value (e.g. defined in __main__); remember "by reference".
+            if obj in _BY_REFERENCE:
+                return NotImplemented
+            reduced = super().reducer_override(obj)
+            if reduced is NotImplemented and len(_BY_REFERENCE) < 10_000:
+                _BY_REFERENCE.add(obj)
+            return reduced
+        return NotImplemented  # what cloudpickle answers for every other object
 
     def _reduce_storage(self, obj: Any) -> Any:
         torch = self._torch
@@ -91,7 +118,13 @@ def dumps(obj: Any, sink: BlobSink, threshold: int = DEFAULT_THRESHOLD) -> tuple
     """Pickle ``obj``; return the pickle and the ``(blob hash, size)`` of each out-of-band buffer."""
     f = io.BytesIO()
     p = _StatePickler(f, sink, threshold)
-    p.dump(obj)
+    try:
+        p.dump(obj)
+    finally:
+        # The pickler refers to itself (its buffer_callback is a bound method), so only the
+        # cyclic GC would free it, and its memo keeps every pickled object (the whole state,
+        # large arrays included) alive until then: release them now.
+        p.clear_memo()
     return f.getvalue(), p.blobs
 
 

@@ -1,0 +1,148 @@
+"""Shared pieces of the benchmark scripts: fresh-process runs, medians, the machine's floor.
+
+Every script prints one JSON line. Absolute times move from machine to
+machine, so each script also measures, in the same run and in the same
+folder, the floor for its work: an atomic small-file write (write a
+temporary file, then ``os.replace`` it into place, as the store does) and a
+plain sequential write and read of the same bytes. Figures are reported
+with their ratio to that floor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "_worker.py")
+MiB = 1024 * 1024
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def in_fresh_process(mode: str, directory: str, shape: str, n: int, pythonpath: str | None = None, **options: Any) -> dict[str, Any]:
+    """Run one measurement of ``_worker.py`` in a new interpreter; return its JSON result.
+
+    ``pythonpath`` puts another copy of dagger first on the path (for before/after comparisons).
+    """
+    env = dict(os.environ, DAGGER_PROGRESS="0", PYTHONHASHSEED="0")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    args = [sys.executable, WORKER, mode, directory, shape, str(n), json.dumps(options)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {mode} {shape} {n} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def scratch(prefix: str = "dagger-bench-") -> Iterator[str]:
+    """A temporary folder for one measurement (``DAGGER_BENCH_DIR``, else ``runs/bench`` in the repository).
+
+    The floor is measured in the same place, so ratios compare like with like.
+    """
+    base = os.environ.get("DAGGER_BENCH_DIR") or os.path.join(os.path.dirname(HERE), "runs", "bench")
+    os.makedirs(base, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def atomic_write_s(folder: str, size: int = 1024, count: int = 400, fsync: bool = False) -> float:
+    """Median seconds for one atomic small-file write (tmp file + ``os.replace``; ``fsync`` before it)."""
+    tmp = os.path.join(folder, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    data = os.urandom(size)
+    times = []
+    for i in range(count):
+        final = os.path.join(folder, f"f{i}")
+        t0 = time.perf_counter()
+        path = os.path.join(tmp, uuid.uuid4().hex)
+        with open(path, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(path, final)
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def sequential_s(folder: str, nbytes: int, repeat: int = 5) -> tuple[float, float]:
+    """Median seconds to write and then read ``nbytes`` sequentially in one plain file."""
+    nbytes = max(int(nbytes), 1)
+    data = os.urandom(min(nbytes, MiB)) * (nbytes // MiB) + os.urandom(nbytes % MiB)
+    path = os.path.join(folder, "seq.bin")
+    writes, reads = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(data)
+        t1 = time.perf_counter()
+        with open(path, "rb") as f:
+            f.read()
+        t2 = time.perf_counter()
+        writes.append(t1 - t0)
+        reads.append(t2 - t1)
+    os.remove(path)
+    return median(writes), median(reads)
+
+
+def floor(nbytes: int) -> dict[str, float]:
+    """The machine's floor: atomic 1 KiB write, and sequential write/read of ``nbytes``."""
+    with scratch("dagger-floor-") as folder:
+        atomic = atomic_write_s(folder)
+        write, read = sequential_s(folder, nbytes)
+    return {
+        "atomic_write_ms": atomic * 1e3,
+        "floor_bytes": int(nbytes),
+        "seq_write_ms": write * 1e3,
+        "seq_read_ms": read * 1e3,
+    }
+
+
+def folder_bytes(folder: str, sub: str = "") -> int:
+    total = 0
+    for dirpath, _, files in os.walk(os.path.join(folder, sub)):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                pass
+    return total
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the one JSON line of a benchmark script."""
+    out = {}
+    for key, value in result.items():
+        out[key] = round(value, 6) if isinstance(value, float) else value
+    print(json.dumps(out), flush=True)
+
+
+def repeat_env(default: int) -> int:
+    """How many repetitions to take (``DAGGER_BENCH_REPEAT`` overrides, for quick checks)."""
+    return int(os.environ.get("DAGGER_BENCH_REPEAT", default))
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times)

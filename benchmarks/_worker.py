@@ -1,0 +1,111 @@
+"""One measurement in a fresh process; prints one JSON object on its last line.
+
+    python benchmarks/_worker.py MODE DIRECTORY SHAPE N [extra json]
+
+MODE is ``run`` (define then run: a cold build or a cached rerun, depending on
+what the folder holds), ``define`` (define only; with memory),
+``restore`` (``Experiment.restore(slim=True)``) or ``tags`` (tag queries on a
+restored tree). Times are taken inside the process, around the work itself,
+so interpreter start-up and imports are not counted (they are reported apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+T0 = time.perf_counter()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _workload import State, define  # noqa: E402
+
+import dagger as dg  # noqa: E402
+
+IMPORT_S = time.perf_counter() - T0
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def mode_run(directory: str, shape: str, n: int, opts: dict) -> dict:
+    exp = dg.Experiment(directory, state_class=State, **opts.get("experiment", {}))
+    t0 = time.perf_counter()
+    define(exp, shape, n, tags=opts.get("tags", 0))
+    t1 = time.perf_counter()
+    c1 = time.process_time()
+    report = exp.run(progress=False)
+    c2 = time.process_time()
+    t2 = time.perf_counter()
+    counts = {"computed": len(report.computed), "cached": len(report.cached)}
+    return {"define_s": t1 - t0, "run_s": t2 - t1, "run_cpu_s": c2 - c1, "total_s": t2 - t0, **counts}
+
+
+def mode_define(directory: str, shape: str, n: int, opts: dict) -> dict:
+    import gc
+
+    exp = dg.Experiment(directory, state_class=State)
+    if opts.get("tracemalloc"):
+        import tracemalloc
+
+        tracemalloc.start()
+        define(exp, shape, n)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return {"traced_peak_bytes": peak}
+    gc.collect()
+    rss0 = _rss()
+    t0 = time.perf_counter()
+    promises = define(exp, shape, n)
+    t1 = time.perf_counter()
+    rss1 = _rss()
+    assert len(promises) == n
+    return {"define_s": t1 - t0, "rss_delta_bytes": rss1 - rss0}
+
+
+def mode_restore(directory: str, shape: str, n: int, opts: dict) -> dict:
+    t0 = time.perf_counter()
+    exp = dg.Experiment.restore(directory, state_class=State, slim=True)
+    t1 = time.perf_counter()
+    states = len(exp.graph)
+    return {"restore_s": t1 - t0, "states": states}
+
+
+def mode_tags(directory: str, shape: str, n: int, opts: dict) -> dict:
+    exp = dg.Experiment.restore(directory, state_class=State, slim=True)
+    nodes = exp.graph.nodes
+    t0 = time.perf_counter()
+    nodes.filter("group:7")  # the first query also indexes the set's tags
+    first = time.perf_counter() - t0
+    queries = {
+        "one_tag": lambda: nodes.filter("group:7"),
+        "pattern": lambda: nodes.filter("group:1*"),
+        "negation": lambda: nodes.filter("!even"),
+        "and_or": lambda: (nodes.filter("group:3") & nodes.filter("even")) | nodes.filter("group:4"),
+    }
+    out: dict = {"states": len(nodes), "first_query_s": first}
+    for name, query in queries.items():
+        times = []
+        for _ in range(opts.get("repeat", 15)):
+            t0 = time.perf_counter()
+            hits = query()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        out[f"{name}_s"] = times[len(times) // 2]
+        out[f"{name}_hits"] = len(hits)
+    return out
+
+
+MODES = {"run": mode_run, "define": mode_define, "restore": mode_restore, "tags": mode_tags}
+
+
+if __name__ == "__main__":
+    mode, directory, shape, count = sys.argv[1:5]
+    options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    result = MODES[mode](directory, shape, int(count), options)
+    result["import_s"] = IMPORT_S
+    print(json.dumps(result))

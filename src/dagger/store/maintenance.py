@@ -1,0 +1,515 @@
+"""Store maintenance: ``gc`` frees what nothing needs, ``verify`` checks every record.
+
+Both work on a :class:`~dagger.store.records.Records` (any store: local, S3,
+memory) and return a report that prints readably and converts to a dict::
+
+    from dagger.store.maintenance import gc, verify
+
+    print(gc(exp.records, dry_run=True))      # what would be freed
+    report = verify(exp.records)
+    if not report.ok:
+        print(report)                          # one line per problem: state, file, what
+
+``gc`` removes blobs no state refers to, leftovers of interrupted writes
+(``tmp/``, state pickles never committed), stale locks, superseded metadata
+revisions and, only with ``unreachable=True``, states whose chain of parents
+does not reach the experiment's root. While another process holds a live lock
+(an experiment is running), ``gc`` leaves in-flight data alone: temporary
+files, uncommitted pickles and unreferenced blobs may belong to a state being
+written, so they are kept and reported as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from dagger.errors import CorruptRecordError
+from dagger.hashing import FORMAT_VERSION
+from dagger.store._local import LocalStore
+from dagger.store.base import Store
+from dagger.store.locks import _is_stale
+from dagger.store.records import (
+    _META_NAME,
+    EXPERIMENT_KEY,
+    INDEX_KEY,
+    Records,
+    blob_key,
+    is_sha,
+    meta_key,
+    state_key,
+)
+
+#: A lock older than this is stale whoever owns it (the default of a run's locks).
+LOCK_STALE_AFTER = 6 * 3600.0
+
+_CHUNK = 8 * 1024 * 1024
+
+#: gc's categories, in the order reports list them.
+GC_KINDS = {
+    "blobs": "unreferenced blobs",
+    "tmp": "temporary files",
+    "orphan_pickles": "uncommitted state pickles",
+    "locks": "stale locks",
+    "meta_revisions": "superseded metadata revisions",
+    "unreachable_states": "unreachable states",
+}
+
+
+def _fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+# ---- reports ----------------------------------------------------------------------
+
+
+@dataclass
+class GcReport:
+    """What :func:`gc` removed (or, with ``dry_run``, would remove).
+
+    ``removed[kind]`` lists the store keys of each kind (see :data:`GC_KINDS`;
+    for ``unreachable_states``, the state hashes), ``freed[kind]`` their bytes.
+    """
+
+    location: str
+    dry_run: bool = False
+    removed: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in GC_KINDS})
+    freed: dict[str, int] = field(default_factory=lambda: {k: 0 for k in GC_KINDS})
+    skipped: dict[str, int] = field(default_factory=dict)
+    live_locks: int = 0
+
+    @property
+    def freed_bytes(self) -> int:
+        """Bytes freed in all (or that would be freed, in a dry run)."""
+        return sum(self.freed.values())
+
+    @property
+    def removed_count(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.removed.items()}
+
+    def _add(self, kind: str, key: str, size: int) -> None:
+        self.removed[kind].append(key)
+        self.freed[kind] += size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "location": self.location,
+            "dry_run": self.dry_run,
+            "freed_bytes": self.freed_bytes,
+            "removed_count": self.removed_count,
+            "counts": self.counts(),
+            "bytes": dict(self.freed),
+            "removed": {k: list(v) for k, v in self.removed.items()},
+            "skipped": dict(self.skipped),
+            "live_locks": self.live_locks,
+        }
+
+    def __str__(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        lines = [f"gc {self.location}" + (" (dry run)" if self.dry_run else "")]
+        for kind, label in GC_KINDS.items():
+            n = len(self.removed[kind])
+            if n:
+                lines.append(f"  {verb} {n} {label} ({_fmt_bytes(self.freed[kind])})")
+        if not self.removed_count:
+            lines.append("  nothing to remove")
+        for kind, n in self.skipped.items():
+            lines.append(f"  kept {n} {GC_KINDS.get(kind, kind)}: a running experiment may still need them")
+        freed = "would free" if self.dry_run else "freed"
+        lines.append(f"  {freed} {_fmt_bytes(self.freed_bytes)} in total")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing :func:`verify` found wrong: which state (if known), which file, what."""
+
+    file: str
+    message: str
+    state: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "file": self.file, "message": self.message}
+
+    def __str__(self) -> str:
+        who = f"state {self.state[:12]}: " if self.state else ""
+        return f"{who}{self.file}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` checked and every problem it found; ``ok`` when there is none."""
+
+    location: str
+    states: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "location": self.location,
+            "ok": self.ok,
+            "states": self.states,
+            "blobs": self.blobs,
+            "blob_bytes": self.blob_bytes,
+            "problems": [p.to_dict() for p in self.problems],
+            "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        head = (
+            f"verify {self.location}: {self.states} states, {self.blobs} blobs ({_fmt_bytes(self.blob_bytes)}) checked"
+        )
+        lines = [head]
+        if self.ok:
+            lines.append("  OK: no problems")
+        else:
+            lines.append(f"  {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:")
+            lines.extend(f"  - {p}" for p in self.problems)
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def _meta_files(store: Store) -> list[str]:
+    names = getattr(store, "names", None)
+    entries = names("meta") if names else [k.rsplit("/", 1)[-1] for k in store.list("meta")]
+    return sorted(entries)
+
+
+def _size(store: Store, key: str) -> int:
+    try:
+        return store.size(key)
+    except (FileNotFoundError, OSError):
+        return 0
+
+
+def _read_header(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
+    """The JSON header of a state pickle and the whole file; CorruptRecordError if unreadable."""
+    raw = store.get(key)
+    newline = raw.find(b"\n")
+    if newline < 0:
+        raise CorruptRecordError("it has no header line (truncated)")
+    try:
+        header = json.loads(raw[:newline])
+    except ValueError as exc:
+        raise CorruptRecordError(f"its header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("format"), int):
+        raise CorruptRecordError("its header has no format version")
+    if header["format"] > FORMAT_VERSION:
+        raise CorruptRecordError(f"it was written by a newer dagger (format {header['format']})")
+    blobs = header.get("blobs", [])
+    if not isinstance(blobs, list) or not all(
+        isinstance(b, list) and len(b) == 2 and is_sha(b[0]) and isinstance(b[1], int) for b in blobs
+    ):
+        raise CorruptRecordError("its header's blob list is malformed")
+    return header, raw
+
+
+def _blob_digest(store: Store, key: str) -> tuple[str, int]:
+    """SHA-256 and size of a blob, streamed from disk where the store is local."""
+    if isinstance(store, LocalStore):
+        h = hashlib.sha256()
+        size = 0
+        with open(store._path(key), "rb", buffering=0) as f:
+            buf = bytearray(_CHUNK)
+            view = memoryview(buf)
+            while True:
+                n = f.readinto(view)
+                if not n:
+                    break
+                h.update(view[:n])
+                size += n
+        return h.hexdigest(), size
+    data = store.get(key)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _live_locks(store: Store, stale: list[str]) -> int:
+    """Count live locks; append stale (or half-broken) lock keys to ``stale``."""
+    live = 0
+    for key in store.list("locks"):
+        if not key.endswith(".lock"):
+            stale.append(key)  # a ".stale" leftover of breaking a lock
+            continue
+        try:
+            raw = store.get(key)
+        except FileNotFoundError:
+            continue
+        if _is_stale(raw, LOCK_STALE_AFTER):
+            stale.append(key)
+        else:
+            live += 1
+    return live
+
+
+def _reachable(metas: dict[str, dict[str, Any]], root: str | None) -> set[str]:
+    children: dict[str, list[str]] = {}
+    for sha, meta in metas.items():
+        parent = meta.get("parent")
+        if isinstance(parent, str):
+            children.setdefault(parent, []).append(sha)
+    if root is None or root not in metas:
+        return set()
+    seen = {root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+# ---- gc --------------------------------------------------------------------------------
+
+
+def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> GcReport:
+    """Remove what no committed state needs; return a :class:`GcReport`.
+
+    Always: blobs no state pickle refers to, ``tmp/`` leftovers, state pickles
+    without a commit record, stale locks (owner dead or older than
+    :data:`LOCK_STALE_AFTER`) and older metadata revisions. With
+    ``unreachable=True`` also every state whose parents do not lead back to
+    the experiment's root (with its pickle; its blobs go if no other state
+    uses them). ``dry_run=True`` removes nothing and reports what would go.
+    """
+    store = records.store
+    report = GcReport(location=store.url, dry_run=dry_run)
+
+    stale_locks: list[str] = []
+    report.live_locks = _live_locks(store, stale_locks)
+    busy = report.live_locks > 0
+
+    # Metadata: newest revision per state, older revisions are superseded.
+    newest = records.committed()
+    superseded = []
+    for name in _meta_files(store):
+        m = _META_NAME.fullmatch(name)
+        if m is not None and m.group(2) < newest.get(m.group(1), ""):
+            superseded.append(meta_key(m.group(1), m.group(2)))
+
+    # Unreachable states.
+    doomed: set[str] = set()
+    if unreachable:
+        metas: dict[str, dict[str, Any]] = {}
+        for sha, rev in newest.items():
+            try:
+                metas[sha] = records.read_meta(sha, rev)
+            except (FileNotFoundError, CorruptRecordError):
+                metas[sha] = {}
+        info = records.read_experiment() or {}
+        keep = _reachable(metas, info.get("root"))
+        doomed = set(newest) - keep
+
+    kept_states = {sha for sha in newest if sha not in doomed}
+
+    # Referenced blobs, from the headers of every kept state's pickle.
+    referenced: set[str] = set()
+    pickles = store.list("states")
+    for key in pickles:
+        sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
+        if sha not in kept_states:
+            continue
+        try:
+            header, _ = _read_header(store, key)
+        except (FileNotFoundError, CorruptRecordError):
+            continue
+        referenced.update(str(name) for name, _size_ in header.get("blobs", []))
+
+    def remove(kind: str, key: str, label: str | None = None) -> None:
+        report._add(kind, label or key, _size(store, key))
+        if not dry_run:
+            store.delete(key)
+
+    for key in stale_locks:
+        remove("locks", key)
+    for key in superseded:
+        remove("meta_revisions", key)
+    for sha in sorted(doomed):
+        # The commit record goes first, so a crash here leaves an uncommitted pickle, never a broken state.
+        keys = [meta_key(sha, newest[sha]), state_key(sha)]
+        report._add("unreachable_states", sha, sum(_size(store, k) for k in keys))
+        if not dry_run:
+            for key in keys:
+                store.delete(key)
+
+    # In-flight data: only when nothing is running.
+    tmp_keys: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
+    orphans = []
+    for key in pickles:
+        sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
+        if sha not in newest:
+            orphans.append(key)
+    unreferenced = []
+    for key in store.list("blobs"):
+        name = key.rsplit("/", 1)[-1]
+        if name not in referenced:
+            unreferenced.append(key)
+    if busy:
+        for kind, keys in (("tmp", tmp_keys), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+            if keys:
+                report.skipped[kind] = len(keys)
+    else:
+        for key in tmp_keys:
+            remove("tmp", key)
+        for key in orphans:
+            remove("orphan_pickles", key)
+        for key in unreferenced:
+            remove("blobs", key)
+        if not dry_run:
+            records._known_blobs.clear()
+
+    if not dry_run and (doomed or superseded):
+        try:
+            records.load_all_meta(on_corrupt=lambda *a: None)  # rewrite the derived index
+        except (OSError, CorruptRecordError):
+            pass
+    return report
+
+
+# ---- verify ----------------------------------------------------------------------------
+
+
+def verify(records: Records) -> VerifyReport:
+    """Check every record of the store; return a :class:`VerifyReport` (``.ok`` when clean).
+
+    Re-hashes every blob; checks that every metadata record parses, has a
+    format version and describes the state its file name says; that every
+    committed state's pickle exists with a valid header, is complete, and that
+    every blob it refers to exists with the recorded size and content hash.
+    Each problem names the state and the file. Temporary files and uncommitted
+    pickles (leftovers of interrupted writes, removed by ``gc``) are notes, not
+    problems.
+    """
+    store = records.store
+    report = VerifyReport(location=store.url)
+
+    try:
+        raw = store.get(EXPERIMENT_KEY)
+    except FileNotFoundError:
+        report.notes.append(f"{EXPERIMENT_KEY} is missing: no tree was ever defined here")
+    else:
+        try:
+            info = json.loads(raw)
+            if not isinstance(info, dict) or not isinstance(info.get("format"), int):
+                raise ValueError("no format version")
+        except ValueError as exc:
+            report.problems.append(Problem(EXPERIMENT_KEY, f"not a valid experiment record ({exc})"))
+
+    # Every metadata file.
+    newest: dict[str, str] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for name in _meta_files(store):
+        key = f"meta/{name}"
+        m = _META_NAME.fullmatch(name)
+        if m is None:
+            report.problems.append(Problem(key, "file name is not <state hash>.<revision>.json"))
+            continue
+        sha, rev = m.group(1), m.group(2)
+        try:
+            meta = records.read_meta(sha, rev)
+        except FileNotFoundError:
+            continue  # replaced by a newer revision while we looked
+        except CorruptRecordError as exc:
+            report.problems.append(Problem(key, str(exc).removeprefix(f"{key} ").strip(), sha))
+            continue
+        if rev > newest.get(sha, ""):
+            newest[sha] = rev
+            metas[sha] = meta
+    report.states = len(newest)
+
+    # Blobs: re-hash every one.
+    blob_sizes: dict[str, int] = {}
+    bad_blobs: dict[str, str] = {}
+    for key in sorted(store.list("blobs")):
+        name = key.rsplit("/", 1)[-1]
+        if not is_sha(name) or key != blob_key(name):
+            report.problems.append(Problem(key, "not a blob name (blobs/<2 hex>/<sha256>)"))
+            continue
+        try:
+            digest, size = _blob_digest(store, key)
+        except FileNotFoundError:
+            continue
+        report.blobs += 1
+        report.blob_bytes += size
+        blob_sizes[name] = size
+        if digest != name:
+            bad_blobs[name] = f"content hashes to {digest[:12]}..., not its name: the blob was modified or truncated"
+
+    # Every committed state: its pickle and the blobs it refers to.
+    users: dict[str, list[str]] = {}
+    for sha in sorted(newest):
+        key = state_key(sha)
+        try:
+            header, raw = _read_header(store, key)
+        except FileNotFoundError:
+            report.problems.append(Problem(key, "the state pickle is missing although the state is committed", sha))
+            continue
+        except CorruptRecordError as exc:
+            report.problems.append(Problem(key, f"the state pickle is corrupt: {exc}", sha))
+            continue
+        expected = metas[sha].get("pickle_bytes")
+        if isinstance(expected, int) and expected != len(raw):
+            report.problems.append(
+                Problem(key, f"the state pickle has {len(raw)} bytes, its commit record says {expected}", sha)
+            )
+        elif not raw.endswith(b"."):
+            report.problems.append(Problem(key, "the state pickle is truncated (no STOP opcode at its end)", sha))
+        elif isinstance(header.get("sha256"), str):
+            body = memoryview(raw)[raw.find(b"\n") + 1 :]
+            if hashlib.sha256(body).hexdigest() != header["sha256"]:
+                report.problems.append(Problem(key, "the state pickle does not match its checksum (modified)", sha))
+        for name, size in header.get("blobs", []):
+            users.setdefault(name, []).append(sha)
+            bkey = blob_key(name)
+            if name not in blob_sizes:
+                report.problems.append(Problem(bkey, "blob is missing", sha))
+            elif blob_sizes[name] != size:
+                report.problems.append(
+                    Problem(bkey, f"blob has {blob_sizes[name]} bytes, the state expects {size}", sha)
+                )
+            elif name in bad_blobs:
+                report.problems.append(Problem(bkey, bad_blobs[name], sha))
+    for name, message in bad_blobs.items():
+        if name not in users:
+            report.problems.append(Problem(blob_key(name), message + " (no state uses it)"))
+
+    # Leftovers: not problems, but worth a note.
+    leftovers = len(store.temp_keys())
+    orphans = sum(1 for k in store.list("states") if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest)
+    unused = sum(1 for n in blob_sizes if n not in users)
+    for count, what in (
+        (leftovers, "temporary files"),
+        (orphans, "uncommitted state pickles"),
+        (unused, "unreferenced blobs"),
+    ):
+        if count:
+            report.notes.append(f"{count} {what} (leftovers of interrupted or replaced writes; `gc` removes them)")
+    if store.exists(INDEX_KEY):
+        try:
+            json.loads(store.get(INDEX_KEY))
+        except (ValueError, FileNotFoundError):
+            report.notes.append(f"{INDEX_KEY} is unreadable; it is derived and will be rebuilt on the next restore")
+    return report

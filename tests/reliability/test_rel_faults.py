@@ -1,0 +1,119 @@
+"""Faults: SIGKILL at random moments, a killed concurrent runner, a full or broken disk, orphan locks."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import rel_scenarios as sc
+
+import dagger as dg
+from dagger.store import LocalStore
+from dagger.store.records import Records, meta_key, state_key
+
+TRIALS = 10
+SEED = 20261128
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory):
+    """How long one uninterrupted run takes here: kills land uniformly inside it."""
+    return sc.calibrate(str(tmp_path_factory.mktemp("calibrate")))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, window):
+    rng = random.Random(SEED)
+    results = [sc.kill_trial(str(tmp_path / f"trial{i}"), rng, window) for i in range(TRIALS)]
+    for r in results:
+        assert r["problems"] == []
+        assert r["corrupt"] == 0
+        assert r["lost"] == 0
+        assert r["finished"] == sc.n_states()
+    # The kills really interrupted runs (not all before the first state or after the last).
+    assert sum(r["killed_exit"] == -9 for r in results) >= TRIALS // 2
+    assert any(0 < r["committed_at_kill"] < sc.n_states() for r in results)
+
+
+@pytest.mark.slow
+def test_sigkill_one_of_four_concurrent_runners(tmp_path, window):
+    rng = random.Random(SEED + 1)
+    r = sc.concurrent_kill_trial(str(tmp_path / "exp"), rng, window, workers=4)
+    assert r["survivor_exits"] == [0, 0, 0]
+    assert r["problems"] == []
+    assert r["finished"] == sc.n_states()
+    assert r["lost"] == 0
+
+
+def test_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    directory = str(tmp_path / "exp")
+    exp = sc.define(directory, branches=1, depth=1)
+    child = next(p for p in exp._promises.values() if p.parent is not None)
+    sc.orphan_lock(directory, child._sha)
+    assert os.path.exists(os.path.join(directory, "locks", f"{child._sha}.lock"))
+    report = exp.run(progress=False)  # would wait 6 hours if the dead owner's lock were honoured
+    assert {s.sha for s in report.computed} == set(exp._promises)
+    assert not os.path.exists(os.path.join(directory, "locks", f"{child._sha}.lock"))
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EIO"])
+@pytest.mark.parametrize("kind", ["blob", "pickle"])
+def test_disk_failure_mid_write(tmp_path, kind, code):
+    directory = str(tmp_path / "exp")
+    store = sc.FaultyStore(directory, kind=kind, nth=3, code=sc.ERRNOS[code])
+    exp = sc.define(store)
+    with pytest.raises(dg.RunFailedError) as info:
+        exp.run(progress=False)
+    failures = info.value.failures
+    assert len(failures) == 1
+    bad = failures[0].sha
+    message = str(info.value)
+    # A clear error that names the state and the cause.
+    assert bad[:12] in message
+    assert f"could not save state {bad[:12]}" in message
+    assert os.strerror(sc.ERRNOS[code]) in message
+    assert "run again" in message
+    # Nothing partial: the half-written file never appeared under its key, no temp file is left.
+    assert len(store.failed_keys) == 1
+    assert not os.path.exists(os.path.join(directory, store.failed_keys[0]))
+    assert os.listdir(os.path.join(directory, "tmp")) == []
+    plain = Records(LocalStore(directory))
+    assert bad not in plain.committed()
+    assert not plain.store.exists(state_key(bad))
+    # Other branches are unaffected: everything not below the failed state is committed and sound.
+    skipped = {s.sha for s in info.value.report.skipped}
+    assert skipped == _descendants(exp, bad)
+    audit = sc.audit(directory)
+    assert audit["problems"] == []
+    assert audit["committed"] == sc.n_states() - 1 - len(skipped)
+    # Once the disk is fine again, running again finishes the tree, recomputing only what failed.
+    report, _ = sc.recover(directory)
+    assert {s.sha for s in report.computed} == {bad} | skipped
+    assert sc.audit(directory)["committed"] == sc.n_states()
+
+
+def test_failed_commit_record_leaves_no_trace(tmp_path):
+    """A disk failure on the commit record itself: the state simply does not exist."""
+    directory = str(tmp_path / "exp")
+    store = sc.FaultyStore(directory, kind="meta", nth=2)
+    exp = sc.define(store, branches=2, depth=1)
+    with pytest.raises(dg.RunFailedError) as info:
+        exp.run(progress=False)
+    bad = info.value.failures[0].sha
+    assert not any(name.startswith(bad) for name in os.listdir(os.path.join(directory, "meta")))
+    assert os.listdir(os.path.join(directory, "tmp")) == []
+    assert not os.path.exists(os.path.join(directory, meta_key(bad, "0" * 20)))
+    assert sc.audit(directory)["problems"] == []
+
+
+def _descendants(exp, sha):
+    out = set()
+    for other, promise in exp._promises.items():
+        node = promise.parent
+        while node is not None:
+            if node._sha == sha:
+                out.add(other)
+                break
+            node = node.parent
+    return out

@@ -1,0 +1,152 @@
+"""Environment capture: what the experiment and each state record about where they ran."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+import numpy as np
+
+import dagger as dg
+from dagger import environment
+
+
+class EnvState(dg.ExperimentState):
+    PROPERTIES = ["name"]
+
+    def initialize_state(self, **kwargs):
+        self.x = np.zeros(2)
+
+
+class Bump(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def run(self, state):
+        state.x = state.x + self.k
+        return state
+
+
+def _git(cwd, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_capture_lists_interpreter_platform_packages_and_command_line():
+    env = environment.capture(extra_packages=["pytest", "no-such-distribution-xyz"])
+    assert env["python"] == platform.python_version()
+    assert env["platform"] == platform.platform()
+    assert env["argv"] == sys.argv
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["dask"] == metadata.version("dask")
+    assert env["packages"]["dagger"] == dg.__version__
+    assert env["packages"]["pytest"] == metadata.version("pytest")
+    assert env["packages"]["no-such-distribution-xyz"] is None
+    json.dumps(env)  # plain JSON
+
+
+def test_torch_is_listed_only_once_imported():
+    code = (
+        "import sys; from dagger import environment as e; "
+        "listed = 'torch' in e.capture()['packages']; "
+        "print(listed, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]  # not listed, and capture did not import it
+    import torch
+
+    assert environment.capture()["packages"]["torch"] == torch.__version__
+
+
+def test_git_commit_and_dirty_flag(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    script = repo / "train.py"
+    script.write_text("print('hi')\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "train.py")
+    _git(repo, "commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    clean = environment.capture(script=script)["git"]
+    assert clean["commit"] == head and clean["dirty"] is False
+    (repo / "untracked.txt").write_text("outputs do not make the tree dirty")
+    assert environment.capture(script=script)["git"]["dirty"] is False
+    script.write_text("print('changed')\n")
+    assert environment.capture(script=script)["git"] == {**clean, "dirty": True}
+
+
+def test_no_git_entry_outside_a_repository(tmp_path):
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    (outside / "x.py").write_text("")
+    env = environment.capture(script=outside / "x.py")
+    if environment.git_info(tmp_path) is None:  # tmp is normally not inside a repository
+        assert "git" not in env
+    else:  # pragma: no cover - a tmp folder inside a repository
+        assert env["git"]["root"] != str(outside)
+
+
+def test_differences_keep_only_what_changed():
+    base = {"python": "3.11", "packages": {"numpy": "1", "dask": "2"}, "argv": ["a"], "time": "t0"}
+    same = {"python": "3.11", "packages": {"numpy": "1", "dask": "2"}, "argv": ["a"], "time": "t1"}
+    assert environment.differences(base, same) == {}
+    new = {"python": "3.11", "packages": {"numpy": "2", "dask": "2", "torch": "9"}, "argv": ["b"], "time": "t1"}
+    assert environment.differences(base, new) == {"packages": {"numpy": "2", "torch": "9"}, "argv": ["b"]}
+    assert environment.differences(None, {"python": "3", "time": "t"}) == {"python": "3"}
+
+
+def test_experiment_records_environment_and_states_record_differences(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=EnvState, packages=["pytest"])
+    root = exp.spawn_new_tree(name="a")
+    a = Bump(k=1)(root)
+    exp.run()
+    info = json.loads(open(f"{exp_dir}/experiment.json").read())
+    env = info["environment"]
+    assert env["packages"]["pytest"] == metadata.version("pytest")
+    assert env["python"] == platform.python_version()
+    graph = dg.Experiment.restore(exp_dir).graph
+    # same process, same environment: no state records a difference
+    assert all("environment" not in node.metadata for node in graph.nodes)
+
+    # a later run in a different environment (here: another package version recorded
+    # at creation) is recorded on the states it computes, and only the difference
+    info["environment"]["packages"]["pytest"] = "0.0-old"
+    info["environment"]["argv"] = ["other.py"]
+    with open(f"{exp_dir}/experiment.json", "w") as f:
+        json.dump(info, f)
+    exp2 = dg.Experiment(exp_dir, state_class=EnvState, packages=["pytest"])
+    b = Bump(k=2)(Bump(k=1)(exp2.spawn_new_tree(name="a")))
+    exp2.run()
+    graph = dg.Experiment.restore(exp_dir).graph
+    assert "environment" not in graph.node(a.sha()).metadata  # cached, untouched
+    assert graph.node(b.sha()).metadata["environment"] == {
+        "argv": sys.argv,
+        "packages": {"pytest": metadata.version("pytest")},
+    }
+
+
+def test_environment_is_captured_once_per_run(exp_dir, monkeypatch):
+    calls = []
+    real = environment.capture
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(environment, "capture", counting)
+    exp = dg.Experiment(exp_dir, state_class=EnvState)
+    root = exp.spawn_new_tree(name="a")
+    for k in range(4):
+        Bump(k=k)(root)
+    assert len(calls) == 1  # at creation
+    exp.run()
+    assert len(calls) == 2  # once for the whole run, not per state
+    exp.run()  # all cached: nothing to capture
+    assert len(calls) == 2

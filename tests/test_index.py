@@ -1,0 +1,194 @@
+"""index.json is derived: missing, corrupt or stale, restore still sees exactly the stored states."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from paperdefs import listing2
+
+import dagger as dg
+from dagger.store import LocalStore
+from dagger.store import records as rec
+
+HERE = os.path.dirname(__file__)
+
+
+class CountingStore(LocalStore):
+    """A real local store that counts the files it reads, by folder."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads: dict[str, int] = {}
+
+    def get(self, key: str) -> bytes:
+        folder = key.split("/", 1)[0] if "/" in key else key
+        self.reads[folder] = self.reads.get(folder, 0) + 1
+        return super().get(key)
+
+
+def truth(directory: str) -> dict[str, dict]:
+    """Every state's newest metadata, read from the primary records one by one."""
+    records = rec.Records(LocalStore(directory))
+    return {sha: records.read_meta(sha, r) for sha, r in records.committed().items()}
+
+
+def index_states(directory: str) -> dict[str, dict]:
+    with open(os.path.join(directory, rec.INDEX_KEY), "rb") as f:
+        return json.loads(f.read())["states"]
+
+
+def restored(directory: str) -> tuple[dict[str, dict], CountingStore]:
+    store = CountingStore(directory)
+    exp = dg.Experiment.restore(store)
+    return {n.sha(): n.metadata for n in exp.graph.nodes}, store
+
+
+def assert_consistent(directory: str) -> CountingStore:
+    expected = truth(directory)
+    seen, store = restored(directory)
+    assert seen.keys() == expected.keys()
+    for sha, meta in expected.items():
+        assert seen[sha]["rev"] == meta["rev"]
+        assert seen[sha]["tags"] == meta["tags"]
+        assert seen[sha].get("results") == meta.get("results")
+    # and the index on disk was rewritten to match
+    on_disk = index_states(directory)
+    assert {sha: m["rev"] for sha, m in on_disk.items()} == {sha: m["rev"] for sha, m in expected.items()}
+    return store
+
+
+@pytest.fixture
+def stored(exp_dir):
+    listing2(exp_dir)
+    return exp_dir
+
+
+def test_fresh_index_reads_no_metadata_file(stored):
+    store = assert_consistent(stored)
+    assert store.reads.get("meta", 0) == 0
+    assert store.reads[rec.INDEX_KEY] == 1
+    assert len(truth(stored)) == 5
+
+
+def test_missing_index_is_rebuilt(stored):
+    os.remove(os.path.join(stored, rec.INDEX_KEY))
+    store = assert_consistent(stored)
+    assert store.reads["meta"] == 5
+    assert os.path.exists(os.path.join(stored, rec.INDEX_KEY))
+    assert restored(stored)[1].reads.get("meta", 0) == 0  # and the next restore uses it
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\x00\xff\x13garbage",
+        b'{"format": 1, "states": {"ab',  # truncated
+        b"[1, 2, 3]",
+        b'{"format": 1, "states": [1, 2]}',
+        b'{"format": 999, "states": {}}',
+        b'{"format": 1, "states": {"' + b"a" * 64 + b'": {"sha": "x", "rev": "0"}}}',  # a state that does not exist
+    ],
+)
+def test_corrupt_index_is_rebuilt(stored, garbage):
+    with open(os.path.join(stored, rec.INDEX_KEY), "wb") as f:
+        f.write(garbage)
+    assert_consistent(stored)
+    assert len(index_states(stored)) == 5
+
+
+def test_index_entry_with_wrong_content_but_stale_rev_is_replaced(stored):
+    index = json.loads(open(os.path.join(stored, rec.INDEX_KEY), "rb").read())
+    sha = next(iter(index["states"]))
+    index["states"][sha]["tags"] = ["forged"]
+    index["states"][sha]["rev"] = "0" * 20
+    with open(os.path.join(stored, rec.INDEX_KEY), "w") as f:
+        json.dump(index, f)
+    store = assert_consistent(stored)
+    assert store.reads["meta"] == 1  # only the stale entry is re-read
+    assert "forged" not in json.dumps(index_states(stored))
+
+
+def _run_elsewhere(directory: str, body: str) -> None:
+    """Run ``body`` in another Python process (another writer of the same experiment)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, {here!r})
+        import dagger as dg
+        from paperdefs import State, TrainRecipe, PruneRecipe, eval_fn
+        directory = {directory!r}
+        """
+    ).format(here=HERE, directory=directory) + textwrap.dedent(body)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=60)
+
+
+def test_state_added_by_another_process_is_seen(stored):
+    old_index = open(os.path.join(stored, rec.INDEX_KEY), "rb").read()
+    _run_elsewhere(
+        stored,
+        """
+        exp = dg.Experiment(directory, state_class=State)
+        root = exp.spawn_new_tree(dataset_name="cifar-10", model_name="vgg-11")
+        with exp.tag("added"):
+            TrainRecipe(nb_epochs=3, lr=0.5)(root)
+        exp.run(progress=False)
+        """,
+    )
+    # that process updated the index; put the old one back, as if it had died before writing it
+    with open(os.path.join(stored, rec.INDEX_KEY), "wb") as f:
+        f.write(old_index)
+    assert len(json.loads(old_index)["states"]) == 5
+    store = assert_consistent(stored)
+    assert store.reads["meta"] == 1
+    seen, _ = restored(stored)
+    assert len(seen) == 6
+    assert [m["tags"] for m in seen.values() if "added" in m["tags"]] == [["added"]]
+
+
+def test_meta_revision_replaced_by_another_process_is_seen(stored):
+    old_index = open(os.path.join(stored, rec.INDEX_KEY), "rb").read()
+    before = truth(stored)
+    _run_elsewhere(
+        stored,
+        """
+        exp = dg.Experiment(directory, state_class=State)
+        root = exp.spawn_new_tree(dataset_name="cifar-10", model_name="vgg-11")
+        with exp.tag("retagged"):
+            s = TrainRecipe(nb_epochs=100, lr=0.1)(root)
+        exp.run(progress=False)
+        """,
+    )
+    with open(os.path.join(stored, rec.INDEX_KEY), "wb") as f:
+        f.write(old_index)
+    after = truth(stored)
+    changed = [sha for sha in after if after[sha]["rev"] != before[sha]["rev"]]
+    assert len(changed) == 1 and after.keys() == before.keys()
+    # the superseded revision is gone from the listing, and the index still names it
+    assert json.loads(old_index)["states"][changed[0]]["rev"] == before[changed[0]]["rev"]
+    store = assert_consistent(stored)
+    assert store.reads["meta"] == 1
+    seen, _ = restored(stored)
+    assert "retagged" in seen[changed[0]]["tags"]
+
+
+def test_state_removed_behind_the_index_disappears(stored):
+    records = rec.Records(LocalStore(stored))
+    leaf = max(truth(stored).values(), key=lambda m: m["depth"])
+    os.remove(os.path.join(stored, rec.meta_key(leaf["sha"], leaf["rev"])))
+    assert leaf["sha"] in index_states(stored)
+    assert_consistent(stored)
+    assert leaf["sha"] not in index_states(stored)
+    assert leaf["sha"] not in records.committed()
+
+
+def test_unwritable_index_is_not_fatal(stored, monkeypatch):
+    os.remove(os.path.join(stored, rec.INDEX_KEY))
+    os.mkdir(os.path.join(stored, rec.INDEX_KEY))  # index.json cannot be written as a file
+    seen, _ = restored(stored)
+    assert seen.keys() == truth(stored).keys()

@@ -1,0 +1,279 @@
+"""State pickles with content-addressed blobs (store/pickling.py and store/records.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import dagger as dg
+from dagger.store import pickling
+from dagger.store.records import Records, blob_key, meta_key, state_key
+
+
+class MemoryBlobs:
+    """A real in-memory blob store for pickling.dumps/loads: name -> bytes."""
+
+    def __init__(self):
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+
+    def sink(self, view):
+        name = hashlib.sha256(view).hexdigest()
+        self.writes += 1
+        self.data.setdefault(name, bytes(view))
+        return name
+
+    def source(self, name, size):
+        return bytearray(self.data[name])
+
+
+def _blob_files(exp_dir):
+    root = os.path.join(exp_dir, "blobs")
+    return {name for _, _, files in os.walk(root) for name in files}
+
+
+def test_large_arrays_go_to_blobs_and_come_back_writable():
+    blobs = MemoryBlobs()
+    big = np.random.default_rng(0).normal(size=(300, 100))
+    small = np.arange(10)
+    obj = {"big": big, "small": small, "again": big, "f32": big.astype(np.float32)}
+    data, names = pickling.dumps(obj, blobs.sink, threshold=64 * 1024)
+    assert len(names) == 2  # big once (shared reference), f32 once; small stays in band
+    assert {n for n, _ in names} == set(blobs.data)
+    assert sorted(s for _, s in names) == sorted([big.nbytes, big.astype(np.float32).nbytes])
+    assert len(data) < 10_000  # the pickle itself holds no large buffer
+    back = pickling.loads(data, names, blobs.source)
+    assert np.array_equal(back["big"], big) and back["big"].dtype == big.dtype
+    assert back["again"] is back["big"]
+    assert back["big"].flags.writeable and back["f32"].flags.writeable
+    back["big"][0, 0] = 42.0
+    assert big[0, 0] != 42.0
+    assert np.array_equal(back["small"], small)
+
+
+def test_equal_arrays_share_one_blob():
+    blobs = MemoryBlobs()
+    a = np.ones(20_000)
+    data, names = pickling.dumps({"a": a, "b": a.copy()}, blobs.sink)
+    assert len(names) == 2 and names[0] == names[1] and len(blobs.data) == 1
+
+
+def test_large_bytes_and_truncated_pickles():
+    blobs = MemoryBlobs()
+    payload = os.urandom(200_000)
+
+    class Holder(dg.ExperimentState):
+        PROPERTIES = []
+
+    h = Holder.__new__(Holder)
+    h.__dict__.update(raw=payload, buf=bytearray(payload[:100_000]), tiny=b"x" * 5000)
+    data, names = pickling.dumps(h, blobs.sink)
+    assert len(names) == 2 and len(data) < 20_000
+    back = pickling.loads(data, names, blobs.source)
+    assert back.raw == payload and type(back.raw) is bytes
+    assert back.buf == bytearray(payload[:100_000]) and type(back.buf) is bytearray
+    assert back.tiny == b"x" * 5000
+    with pytest.raises(dg.CorruptRecordError, match="truncated or corrupt"):
+        pickling.loads(data[: len(data) // 2], names, blobs.source)
+
+
+class DataState(dg.ExperimentState):
+    PROPERTIES = ["n"]
+    NONHASHED_ATTRIBUTES = ["data", "w"]
+
+    def initialize_state(self, **kwargs):
+        self.data = np.random.default_rng(1).normal(size=(self.n, 50))  # big, never changed by children
+        self.w = np.zeros(50)  # small
+
+
+class Fit(dg.Recipe):
+    PROPERTIES = ["lr"]
+
+    def run(self, state):
+        state.w = state.w + self.lr * state.data.mean(axis=0)
+        return state
+
+
+class Shift(dg.Recipe):
+    PROPERTIES = ["by"]
+
+    def run(self, state):
+        state.data = state.data + self.by
+        return state
+
+
+def test_unchanged_big_array_writes_no_new_blob(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=DataState)
+    root = exp.spawn_new_tree(n=1000)
+    exp.run()
+    after_root = _blob_files(exp_dir)
+    assert len(after_root) == 1
+    fit = Fit(lr=0.1)(root)
+    Fit(lr=0.2)(fit)
+    exp.run()
+    assert _blob_files(exp_dir) == after_root  # two children, no new blob
+    g = exp.graph
+    assert g.node(fit.sha()).metadata["blobs"] == g.root.metadata["blobs"]
+    pickle_sizes = [n.metadata["pickle_bytes"] for n in g.nodes]
+    assert max(pickle_sizes) < 20_000  # the 400 kB array lives only in its blob
+    child = g.node(fit.sha()).restore()
+    assert child.data.flags.writeable and np.array_equal(child.data, g.root.restore().data)
+    Shift(by=1.0)(root)
+    exp.run()
+    assert len(_blob_files(exp_dir)) == 2  # a changed array is a new blob
+
+
+def test_corrupt_and_missing_blobs(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=DataState)
+    exp.spawn_new_tree(n=1000)
+    exp.run()
+    ((name, size),) = exp.graph.root.metadata["blobs"]
+    path = os.path.join(exp_dir, blob_key(name))
+    original = open(path, "rb").read()
+    assert len(original) == size
+    with open(path, "r+b") as f:
+        f.write(b"\x00" * 16)
+    with pytest.raises(dg.CorruptRecordError, match="does not match its content hash"):
+        dg.Experiment.restore(exp_dir).graph.root.restore()
+    unchecked = dg.Experiment.restore(exp_dir, verify_blobs=False).graph.root.restore()
+    assert unchecked.data.shape == (1000, 50)  # trusted as is when verification is off
+    os.remove(path)
+    with pytest.raises(dg.CorruptRecordError, match="missing from the store"):
+        dg.Experiment.restore(exp_dir).graph.root.restore()
+
+
+def test_corrupt_state_pickle(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=DataState)
+    root = exp.spawn_new_tree(n=10)
+    exp.run()
+    path = os.path.join(exp_dir, state_key(root.sha()))
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw.split(b"\n", 1)[0])
+    with pytest.raises(dg.CorruptRecordError, match="no header"):
+        dg.Experiment.restore(exp_dir).graph.root.restore()
+    open(path, "wb").write(raw[: len(raw) - 40])
+    with pytest.raises(dg.CorruptRecordError, match="truncated"):
+        dg.Experiment.restore(exp_dir).graph.root.restore()
+
+
+# ---- torch -------------------------------------------------------------------------------------
+
+
+class TorchState(dg.ExperimentState):
+    PROPERTIES = ["width"]
+    NONHASHED_ATTRIBUTES = ["model", "opt"]
+
+    def initialize_state(self, **kwargs):
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(
+            torch.nn.Linear(self.width, self.width), torch.nn.ReLU(), torch.nn.Linear(self.width, 1)
+        )
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.frozen = torch.randn(self.width, self.width)
+        self.view = self.frozen[0]  # a view sharing the frozen tensor's storage
+
+
+class TorchStep(dg.Recipe):
+    PROPERTIES = ["steps"]
+
+    def run(self, state):
+        x = torch.randn(16, state.width)
+        for _ in range(self.steps):
+            state.opt.zero_grad()
+            state.model(x).pow(2).mean().backward()
+            state.opt.step()
+        return state
+
+
+def _one_step(state):
+    state.opt.zero_grad()
+    state.model(torch.ones(4, state.width)).sum().backward()
+    state.opt.step()
+
+
+@pytest.mark.slow  # the first torch.optim use imports torch._dynamo: a few seconds under coverage
+def test_torch_model_and_optimizer_come_back_linked(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=TorchState)
+    root = exp.spawn_new_tree(width=128)
+    trained = TorchStep(steps=2)(root)
+    exp.run()
+    s = dg.Experiment.restore(exp_dir).graph.node(trained.sha()).restore()
+    params = list(s.model.parameters())
+    assert s.opt.param_groups[0]["params"][0] is params[0]
+    assert all(p.requires_grad for p in params)
+    assert len(s.opt.state) == len(params)  # momentum buffers came back too
+    before = params[0].detach().clone()
+    _one_step(s)
+    assert not torch.equal(before, params[0].detach())  # the step moved the model's weights
+    # the view still shares storage with the tensor it views
+    s.frozen[0, 0] = 123.0
+    assert s.view[0].item() == 123.0
+    # big tensors went to blobs; the frozen one is shared with the root's blob
+    root_blobs = {n for n, _ in exp.graph.root.metadata["blobs"]}
+    child_blobs = {n for n, _ in exp.graph.node(trained.sha()).metadata["blobs"]}
+    assert len(root_blobs) >= 2 and len(root_blobs & child_blobs) >= 1 and child_blobs != root_blobs
+
+
+def test_torch_tensor_roundtrip_and_map_location():
+    blobs = MemoryBlobs()
+    t = torch.arange(40_000, dtype=torch.float32).reshape(200, 200)
+    halves = (t[:100], t[100:])
+    data, names = pickling.dumps(
+        {"t": t, "halves": halves, "empty": torch.empty(0), "small": torch.ones(3)}, blobs.sink
+    )
+    assert len(names) == 1
+    back = pickling.loads(data, names, blobs.source, map_location="cpu")
+    assert torch.equal(back["t"], t) and back["t"].device.type == "cpu"
+    back["t"][150, 0] = -1.0
+    assert back["halves"][1][50, 0].item() == -1.0  # one storage, as before saving
+    assert back["empty"].numel() == 0 and torch.equal(back["small"], torch.ones(3))
+    mapped = pickling.loads(data, names, blobs.source, map_location=lambda dev: "cpu")
+    assert torch.equal(mapped["t"], t)
+    as_dict = pickling.loads(data, names, blobs.source, map_location={"cpu": "cpu"})
+    assert torch.equal(as_dict["halves"][0], t[:100])
+
+
+def test_storage_saved_on_a_gpu_loads_on_the_cpu_without_one():
+    if torch.cuda.is_available():  # the other branch: a GPU is here, so the storage goes to it
+        assert pickling._target_device("cuda:0") == "cuda:0"
+        return
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        storage = pickling._rebuild_storage(0, bytearray(b"\x00" * 16), False, None, "cuda:0")
+    assert storage.device.type == "cpu" and storage.nbytes() == 16
+
+
+def test_shared_storage_before_its_owner_is_corrupt():
+    with pytest.raises(dg.CorruptRecordError, match="not yet loaded"):
+        pickling._shared_storage(7, False, None)
+
+
+def test_untyped_storage_roundtrip():
+    blobs = MemoryBlobs()
+    storage = torch.arange(30_000, dtype=torch.float64).untyped_storage()
+    data, names = pickling.dumps([storage, storage], blobs.sink)
+    back = pickling.loads(data, names, blobs.source)
+    assert back[0] is back[1] and back[0].nbytes() == storage.nbytes()
+    assert torch.equal(
+        torch.frombuffer(bytearray(bytes(back[0])), dtype=torch.float64)[:5], torch.arange(5, dtype=torch.float64)
+    )
+
+
+def test_meta_revisions_only_move_forward(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=DataState)
+    root = exp.spawn_new_tree(n=10)
+    exp.run()
+    records = Records(exp.store)
+    meta = records.read_meta(root.sha(), records.committed()[root.sha()])
+    future = "f" * 15 + "0" + "0000"  # a revision from a clock far ahead
+    records.store.put(meta_key(root.sha(), future), records.store.get(meta_key(root.sha(), meta["rev"])))
+    records.store.delete(meta_key(root.sha(), meta["rev"]))
+    meta["rev"] = future
+    meta["note"] = "newer"
+    new = records.write_meta(meta, old_rev=future)
+    assert new > future and records.committed() == {root.sha(): new}
+    assert records.read_meta(root.sha(), new)["note"] == "newer"
+    assert not os.path.exists(os.path.join(exp_dir, meta_key(root.sha(), future)))
