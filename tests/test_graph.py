@@ -200,3 +200,19 @@ def test_scalar_function_results_in_tables_text_and_pictures(exp_dir):
     assert row["plain_score"] == value
     assert f"plain_score={value:.4g}" in g.to_text()
     assert f"plain_score={value:.4g}" in g.to_graphviz().source
+
+
+def test_a_recipe_applied_twice_keeps_both_steps_in_tables(exp_dir):
+    from paperdefs import PruneRecipe, State, TrainRecipe
+
+    exp = dg.Experiment(exp_dir, state_class=State)
+    root = exp.spawn_new_tree(dataset_name="d", model_name="m")
+    s = TrainRecipe(nb_epochs=1, lr=0.1)(root)
+    s = PruneRecipe(pruning_technique="lowest_magnitude", pruning_fraction=0.2)(s)
+    s = PruneRecipe(pruning_technique="random", pruning_fraction=0.5)(s)
+    exp.run()
+    (row,) = [r for r in dg.Experiment.restore(exp_dir).graph.nodes.to_records() if r["sha"] == s.sha()]
+    assert row["PruneRecipe.pruning_fraction"] == 0.2
+    assert row["PruneRecipe#2.pruning_fraction"] == 0.5
+    assert row["PruneRecipe#2.pruning_technique"] == "random"
+    assert row["TrainRecipe.lr"] == 0.1

@@ -165,6 +165,16 @@ def test_function_errors_are_reported_and_other_results_kept(exp_dir):
     assert "Function 'broken' raised ValueError: no metric today" in str(info.value)
     node = exp.graph.node(s.sha())
     assert "accuracy" in node.results["eval_fn"] and "broken" not in node.results
+    assert node.metadata["function_errors"] == {"broken": "ValueError: no metric today"}
+
+    # Once the function works again, its result is stored and the error is gone.
+    exp = dg.Experiment(exp_dir, state_class=State)
+    root = exp.spawn_new_tree(dataset_name="d", model_name="m")
+    s = TrainRecipe(nb_epochs=1, lr=0.1)(root)
+    dg.Function(lambda state: 7, name="broken")(s)
+    exp.run()
+    node = exp.graph.node(s.sha())
+    assert node.results["broken"] == 7 and "function_errors" not in node.metadata
 
 
 def test_stored_root_is_not_initialized_again(exp_dir, calls_file):

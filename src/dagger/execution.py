@@ -179,10 +179,13 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
                     results[fn.name] = jsonable(fn.fn(state))
                 except Exception as exc:  # noqa: BLE001 - reported, never raised
                     errors[fn.name] = f"{type(exc).__name__}: {exc}"
+                    results.pop(fn.name, None)  # never show a stale result beside a failure
                     record["traceback"] = traceback.format_exc()
             meta["results"] = results
             if errors:
-                record["function_errors"] = errors
+                record["function_errors"] = meta["function_errors"] = errors
+            else:
+                meta.pop("function_errors", None)
         end = time.time()
         if record["status"] == "computed":
             meta["run"] = {"start": start, "end": end, "duration": end - start, "worker": record["worker"]}

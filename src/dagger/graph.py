@@ -150,10 +150,14 @@ def state_row(node: ExperimentState) -> dict[str, Any]:
     row["tags"] = ", ".join(meta.get("tags", []))
     for key, value in (meta.get("properties") or {}).items():
         row[key] = value
+    seen: dict[str, int] = {}
     for step in node.lineage()[1:]:
         r = step._meta().get("recipe") or {}
+        name = r.get("name", "?")
+        seen[name] = seen.get(name, 0) + 1
+        column = name if seen[name] == 1 else f"{name}#{seen[name]}"  # a recipe applied again
         for key, value in (r.get("properties") or {}).items():
-            row[f"{r.get('name', '?')}.{key}"] = value
+            row[f"{column}.{key}"] = value
     for fn, result in (meta.get("results") or {}).items():
         if isinstance(result, dict):
             for key, value in result.items():
