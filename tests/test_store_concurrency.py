@@ -157,3 +157,19 @@ def test_live_lock_makes_the_other_process_wait_then_reuse(tmp_path):
     assert waiter.returncode == 0, err
     assert [run for run, name, _ in read_calls(calls) if name == "perturb"] == []
     assert out.split()[0] == "0"
+
+
+def test_a_lock_being_written_is_not_broken(tmp_path):
+    """Between O_EXCL creation and the owner write a lock file is empty: it must not look stale."""
+    from dagger.store.locks import UNREADABLE_GRACE_S, FileLock
+
+    path = str(tmp_path / "x.lock")
+    open(path, "wb").close()  # a competitor has just created it and not yet written its owner
+    contender = FileLock(path, stale_after=3600)
+    assert contender.acquire(timeout=0.2) is False
+    assert os.path.exists(path)  # still the competitor's
+    old = os.path.getmtime(path) - UNREADABLE_GRACE_S - 5
+    os.utime(path, (old, old))  # ...but an empty lock that old belongs to a process that died writing it
+    assert contender.acquire(timeout=5) is True
+    contender.release()
+    assert not os.path.exists(path)

@@ -24,7 +24,12 @@ def _owner() -> bytes:
     return json.dumps({"host": _HOST, "pid": os.getpid(), "time": time.time(), "token": uuid.uuid4().hex}).encode()
 
 
-def _is_stale(raw: bytes, stale_after: float) -> bool:
+#: A lock file that cannot be parsed is being written right now (it exists, empty, between
+#: its exclusive creation and the write of its owner) unless it is older than this.
+UNREADABLE_GRACE_S = 10.0
+
+
+def _is_stale(raw: bytes, stale_after: float, file_age: float | None = None) -> bool:
     try:
         info = json.loads(raw)
         age = time.time() - float(info["time"])
@@ -42,7 +47,9 @@ def _is_stale(raw: bytes, stale_after: float) -> bool:
                 return False
         return False
     except (ValueError, KeyError, TypeError):
-        return True  # unreadable lock: a crash mid-write of the lock itself
+        # Unreadable: either its owner is between creating and writing it (young),
+        # or its owner crashed in that instant (old). Only the old one is stale.
+        return file_age is None or file_age > UNREADABLE_GRACE_S
 
 
 class FileLock(Lock):
@@ -60,9 +67,10 @@ class FileLock(Lock):
             try:
                 with open(self.path, "rb") as f:
                     raw = f.read()
+                    age = time.time() - os.fstat(f.fileno()).st_mtime
             except FileNotFoundError:
                 return False
-            if _is_stale(raw, self.stale_after):
+            if _is_stale(raw, self.stale_after, age):
                 # Break it by renaming: only one breaker wins the rename.
                 grave = f"{self.path}.{uuid.uuid4().hex}.stale"
                 try:
