@@ -323,52 +323,9 @@ def _process_get(num_workers: int | None) -> Any:
 SCHEDULERS = ("single-threaded", "threads", "processes")
 
 
-class InlineGet:
-    """The default single-threaded scheduler: dagger's Dask graph run in order, in this thread.
-
-    The graph is the same Dask graph every scheduler gets (one task per state,
-    keyed by its hash, handing its parent's status record to its children).
-    Dask's synchronous scheduler spends more time per task on its own
-    bookkeeping (ordering, queues, callbacks) than dagger spends on a small
-    state, so :meth:`run` executes the graph directly when its insertion
-    order is already a valid execution order (parents before children, as
-    :meth:`Experiment.run` builds it), reporting to the progress display.
-    Called as a plain ``get`` (or for any other graph), it is
-    ``dask.local.get_sync``; ``scheduler="sync"`` always uses that.
-    """
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        from dask.local import get_sync
-
-        return get_sync(dsk, keys, **kwargs)
-
-    @staticmethod
-    def run(graph: dict[str, Any], keys: list[str], progress: Any = None) -> list[Any] | None:
-        """Run ``graph``'s tasks in insertion order; the results of ``keys``, or None if it cannot."""
-        seen: set[str] = set()
-        for key, task in graph.items():
-            if type(task) is not tuple or not task or not callable(task[0]):
-                return None
-            for arg in task[1:]:
-                if type(arg) is str and arg in graph and arg not in seen:
-                    return None  # a task before its dependency: let Dask order it
-            seen.add(key)
-        results: dict[str, Any] = {}
-        for key, task in graph.items():
-            args = [results[a] if type(a) is str and a in results else a for a in task[1:]]
-            if progress is not None:
-                progress.started()
-            results[key] = out = task[0](*args)
-            if progress is not None:
-                progress.finished(out)
-        return [results[k] for k in keys]
-
-
 def resolve_scheduler(scheduler: Any, num_workers: int | None = None) -> tuple[Any, Any]:
     """A ``get(graph, keys)`` function for ``scheduler``, and a client to close afterwards."""
-    if scheduler in (None, "single-threaded"):
-        return InlineGet(), None
-    if scheduler in ("sync", "synchronous"):
+    if scheduler in (None, "single-threaded", "sync", "synchronous"):
         from dask.local import get_sync
 
         return get_sync, None

@@ -195,9 +195,8 @@ class Experiment:
 
         ``scheduler`` is ``"single-threaded"`` (default), ``"threads"``,
         ``"processes"``, a ``dask.distributed.Client`` or a scheduler address.
-        The default runs the Dask graph in this thread without Dask's per-task
-        bookkeeping (see :class:`~dagger.execution.InlineGet`); ``"sync"`` runs
-        it through ``dask.local.get_sync`` instead.
+        Every state is one Dask task keyed by its hash; the default runs them
+        with Dask's synchronous scheduler, in this thread.
         Returns a :class:`RunReport`. If any state fails, every other branch
         still finishes and is saved, then :class:`RunFailedError` lists the
         failures; running again computes only what is missing.

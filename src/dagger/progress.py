@@ -171,11 +171,6 @@ class Progress:
         client = getattr(get, "__self__", None)
         if client is not None and hasattr(client, "submit"):
             return self._collect_distributed(client, graph, keys)
-        inline = getattr(get, "run", None)  # execution.InlineGet: runs an ordered graph in this thread
-        if callable(inline):
-            out = inline(graph, keys, progress=self)
-            if out is not None:
-                return list(out)
         from dask.callbacks import Callback
 
         progress = self
