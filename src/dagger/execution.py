@@ -75,7 +75,7 @@ class TaskSpec:
     sha: str
     parent: str | None
     compute: bool
-    state_class: type
+    state_class: type[ExperimentState]
     recipe: Any = None
     properties: dict[str, Any] = field(default_factory=dict)
     init_kwargs: dict[str, Any] | None = None
@@ -250,7 +250,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     with _SEEDED if seeded else nullcontext():
         if seeded:
             seed_everything(seed)
-        child = recipe.run(parent)
+        child: Any = recipe.run(parent)
     if not isinstance(child, cls):
         raise RecipeReturnError(
             f"{type(recipe).__name__}.run returned {type(child).__name__!s} ({_short(child)}), "

@@ -497,7 +497,8 @@ def _register_numpy() -> None:
             w.active.discard(id(obj))
             return
         _tok(h, b"A", f"{obj.dtype.str}|{obj.dtype.descr!r}|{obj.shape!r}".encode())
-        _feed_buffer(h, memoryview(np.ascontiguousarray(obj)).cast("B"))
+        contiguous: Any = np.ascontiguousarray(obj)
+        _feed_buffer(h, memoryview(contiguous).cast("B"))
 
     @_register(np.generic)
     def _enc_npscalar(h: Any, obj: Any, w: _Walk) -> None:
@@ -521,7 +522,8 @@ def _register_torch() -> None:
         t = t.cpu().contiguous()
         _tok(h, b"tt", f"{t.dtype}|{tuple(t.shape)!r}".encode())
         flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        _feed_buffer(h, memoryview(flat.numpy()))
+        raw: Any = flat.numpy()
+        _feed_buffer(h, memoryview(raw))
 
     @_register(torch.dtype, torch.device)
     def _enc_torch_misc(h: Any, obj: Any, w: _Walk) -> None:

@@ -41,7 +41,7 @@ class ExperimentStatePromise:
         self.tags = tags
         self.functions: list[Function] = []
         self.init_kwargs = init_kwargs
-        self.properties = properties if properties is not None else (parent.properties if parent else {})
+        self.properties: dict[str, Any] = properties if properties is not None else (parent.properties if parent else {})
         self.depth: int = 0 if parent is None else parent.depth + 1
 
     def sha(self) -> str:

@@ -7,6 +7,7 @@ several writers (cluster workers, concurrent processes) see each other.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from dagger.store.base import Store, check_key
@@ -59,5 +60,5 @@ class FsspecStore(Store):
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
 
-    def names(self, folder: str) -> list[str]:
+    def names(self, folder: str) -> builtins.list[str]:
         return [k.rsplit("/", 1)[-1] for k in self.list(folder)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import os
 import uuid
@@ -136,7 +137,7 @@ class LocalStore(Store):
                         out.append(name)
         return out
 
-    def names(self, folder: str) -> list[str]:
+    def names(self, folder: str) -> builtins.list[str]:
         """File names directly in ``folder`` (fast path for flat folders)."""
         try:
             return os.listdir(self._path(folder))

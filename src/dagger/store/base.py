@@ -10,6 +10,7 @@ leaves a half-written file under a real key.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -83,7 +84,7 @@ class Store(abc.ABC):
         self.put(key, data)
         return True
 
-    def temp_keys(self) -> list[str]:
+    def temp_keys(self) -> builtins.list[str]:
         """Leftovers of interrupted writes, for ``gc``."""
         return [k for k in self.list("tmp")]
 

@@ -125,9 +125,12 @@ class KeyLock(Lock):
         self.store.put(self.key, token)
         time.sleep(0.01)
         try:
-            return self.store.get(self.key) == token and bool(setattr(self, "token", token) or True)
+            won = self.store.get(self.key) == token
         except FileNotFoundError:
             return False
+        if won:
+            self.token = token
+        return won
 
     def acquire(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

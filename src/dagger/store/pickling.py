@@ -98,6 +98,7 @@ class _StatePickler(cloudpickle.Pickler):
 
     def _reduce_storage(self, obj: Any) -> Any:
         torch = self._torch
+        assert torch is not None  # only called for torch storages
         typed = isinstance(obj, torch.storage.TypedStorage)
         untyped = obj._untyped_storage if typed else obj
         dtype = str(obj.dtype).removeprefix("torch.") if typed else None
