@@ -428,8 +428,8 @@ class Experiment:
         if self._graph is None:
             from dagger.graph import StaticExperimentTree
 
-            metas = self.records.load_all_meta(on_corrupt=self._warn_corrupt)
-            self._graph = StaticExperimentTree(metas, self.records, self.state_class, self.info)
+            index = self.records.load_index(on_corrupt=self._warn_corrupt)
+            self._graph = StaticExperimentTree(index, self.records, self.state_class, self.info)
         return self._graph
 
     @classmethod

@@ -16,7 +16,7 @@ from dagger.errors import InvalidHashError, StateNotFoundError
 from dagger.state import ExperimentState
 
 if TYPE_CHECKING:
-    from dagger.store.records import Records
+    from dagger.store.records import Records, SlimIndex
 
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 
@@ -48,7 +48,7 @@ class NodeSet(Sequence[ExperimentState]):
         if self._tags is None:
             index: dict[str, list[int]] = {}
             for i, n in enumerate(self._nodes):
-                for t in n._meta().get("tags", ()):
+                for t in _browse(n).get("tags") or ():
                     index.setdefault(t, []).append(i)
             self._tags = index
         return self._tags
@@ -133,6 +133,24 @@ class NodeSet(Sequence[ExperimentState]):
         return f"NodeSet([{inner}{more}])"
 
 
+def _browse(node: ExperimentState) -> dict[str, Any]:
+    """A state's browsing fields (tags, parent, depth): its metadata, or for a slim node whose
+    metadata is not decoded yet, its index entry (so filtering never decodes it)."""
+    d = node.__dict__
+    meta = d.get("_dg_meta")
+    if meta is None:
+        tree = d.get("_dg_tree")
+        if isinstance(tree, StaticExperimentTree):
+            return tree._entry(d["_dg_sha"])
+        return node._meta()
+    return meta
+
+
+def _position(item: tuple[str, dict[str, Any]]) -> tuple[Any, Any]:
+    entry = item[1]
+    return (entry.get("depth", 0), entry.get("created", 0))
+
+
 def _matcher(pattern: str) -> tuple[Any, bool]:
     if not isinstance(pattern, str):
         raise TypeError(f"tag patterns are strings, got {pattern!r}")
@@ -175,37 +193,96 @@ class StaticExperimentTree:
 
     def __init__(
         self,
-        metas: dict[str, dict[str, Any]],
+        metas: dict[str, dict[str, Any]] | SlimIndex,
         records: Records,
         state_class: type[ExperimentState] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
+        from dagger.store.records import SlimIndex, paused_gc
+
         self.records = records
         self.info = info or {}
         self.state_class = state_class
+        # Each slim node's full metadata is decoded from the index on first use (see _meta_of).
+        index = metas if isinstance(metas, SlimIndex) else SlimIndex.of(metas, records)
+        self._index = index
         cls = state_class or ExperimentState
-        self._nodes: dict[str, ExperimentState] = {}
-        self._children: dict[str, list[str]] = {}
+        nodes: dict[str, ExperimentState] = {}
+        children: dict[str, list[str]] = {}
         tags: dict[str, list[int]] = {}  # the tag index of self.nodes, built in the same pass
-        ordered = sorted(metas.items(), key=lambda kv: (kv[1].get("depth", 0), kv[1].get("created", 0)))
-        for position, (sha, meta) in enumerate(ordered):
-            for tag in meta.get("tags") or ():
-                tags.setdefault(tag, []).append(position)
-            node = cls.__new__(cls)
-            d = node.__dict__
-            props = meta.get("properties")
-            if isinstance(props, dict):
-                d.update(props)
-            d["_dg_sha"] = sha
-            d["_dg_meta"] = meta
-            d["_dg_tree"] = self
-            d["_dg_loaded"] = False
-            self._nodes[sha] = node
-            parent = meta.get("parent")
-            if parent is not None:
-                self._children.setdefault(parent, []).append(sha)
-        self.nodes = NodeSet._distinct(list(self._nodes.values()))  # one node per hash already
+        with paused_gc():
+            self._build(index, cls, nodes, children, tags)
+        self._nodes = nodes
+        self._children = children
+        self.nodes = NodeSet._distinct(list(nodes.values()))  # one node per hash already
         self.nodes._tags = tags
+
+    def _build(
+        self,
+        index: SlimIndex,
+        cls: type[ExperimentState],
+        nodes: dict[str, ExperimentState],
+        children: dict[str, list[str]],
+        tags: dict[str, list[int]],
+    ) -> None:
+        """Make one slim node per state, in tree order, with the children lists and the tag index."""
+        new = cls.__new__
+        if index.lazy:
+            # An up-to-date index: states already in tree order, browsing fields in columns.
+            shas = index.shas
+            table = [p if isinstance(p, dict) else None for p in index.properties]
+            decoded = index.decoded
+            for position, (sha, up, p, labels) in enumerate(zip(shas, index.parent, index.p, index.tags, strict=True)):
+                for tag in labels:
+                    tags.setdefault(tag, []).append(position)
+                node = new(cls)
+                d = node.__dict__
+                props = table[p]
+                if props:
+                    d.update(props)
+                d["_dg_sha"] = sha
+                d["_dg_meta"] = decoded.get(sha)  # None until first used
+                d["_dg_tree"] = self
+                d["_dg_loaded"] = False
+                nodes[sha] = node
+                if up >= 0:
+                    children.setdefault(shas[up], []).append(sha)
+                elif up != -1:  # a parent that is not indexed: read it from the metadata
+                    parent = index.meta(sha).get("parent")
+                    if parent is not None:
+                        children.setdefault(parent, []).append(sha)
+        else:
+            ordered = sorted(index.decoded.items(), key=_position)
+            for position, (sha, meta) in enumerate(ordered):
+                for tag in meta.get("tags") or ():
+                    tags.setdefault(tag, []).append(position)
+                node = new(cls)
+                d = node.__dict__
+                props = meta.get("properties")
+                if isinstance(props, dict):
+                    d.update(props)
+                d["_dg_sha"] = sha
+                d["_dg_meta"] = meta
+                d["_dg_tree"] = self
+                d["_dg_loaded"] = False
+                nodes[sha] = node
+                parent = meta.get("parent")
+                if parent is not None:
+                    children.setdefault(parent, []).append(sha)
+
+    def _meta_of(self, sha: str) -> dict[str, Any]:
+        """The full metadata of one of this tree's states, decoded from the index on first use."""
+        return self._index.meta(sha)
+
+    def _entry(self, sha: str) -> dict[str, Any]:
+        """What browsing reads of a state (parent, depth, tags), without decoding its metadata."""
+        return self._index.entry(sha)
+
+    def _decode_all(self) -> None:
+        """Decode every node's metadata in one pass (before work that reads them all)."""
+        metas = self._index.all_meta()
+        for sha, node in self._nodes.items():
+            node.__dict__["_dg_meta"] = metas[sha]
 
     @property
     def root(self) -> ExperimentState | None:
@@ -213,7 +290,7 @@ class StaticExperimentTree:
         sha = self.info.get("root")
         if sha in self._nodes:
             return self._nodes[sha]
-        roots = [n for n in self._nodes.values() if n._meta().get("parent") is None]
+        roots = [n for n in self._nodes.values() if _browse(n).get("parent") is None]
         return roots[0] if roots else None
 
     def node(self, sha: str) -> ExperimentState:
@@ -246,7 +323,7 @@ class StaticExperimentTree:
 
     def nodes_at_distance(self, distance: int) -> NodeSet:
         """States ``distance`` recipes away from the root (0 is the root)."""
-        return NodeSet(n for n in self._nodes.values() if n._meta().get("depth", 0) == distance)
+        return NodeSet(n for n in self._nodes.values() if _browse(n).get("depth", 0) == distance)
 
     def leaves(self) -> NodeSet:
         return NodeSet(n for n in self._nodes.values() if not self._children.get(n.sha()))
@@ -269,7 +346,8 @@ class StaticExperimentTree:
             for i, kid in enumerate(kids):
                 walk(kid, child_prefix, i == len(kids) - 1, False)
 
-        roots = [n for n in self._nodes.values() if n._meta().get("parent") not in self._nodes]
+        self._decode_all()
+        roots = [n for n in self._nodes.values() if _browse(n).get("parent") not in self._nodes]
         for r in roots:
             walk(r, "", True, True)
         return "\n".join(lines)
@@ -290,6 +368,7 @@ class StaticExperimentTree:
                 "pip install 'dagger-experiments[graphviz]' and apt-get install graphviz (or brew install graphviz)"
             ) from None
         marked = {n.sha() for n in highlight}
+        self._decode_all()
         dot = graphviz.Digraph("experiment", graph_attr={"rankdir": "TB", "nodesep": "0.3", "ranksep": "0.45"})
         dot.attr("node", shape="plain", fontname="Helvetica", fontsize="10")
         dot.attr("edge", color="#7a7a7a", arrowsize="0.7")

@@ -161,6 +161,10 @@ class ExperimentState:
     def _meta(self) -> dict[str, Any]:
         meta = self.__dict__.get("_dg_meta")
         if meta is None:
+            tree = self.__dict__.get("_dg_tree")
+            if tree is not None:  # a slim node: its metadata is decoded from the index on first use
+                meta = self.__dict__["_dg_meta"] = tree._meta_of(self.__dict__["_dg_sha"])
+                return meta
             raise DefinitionError(
                 f"this {type(self).__name__} is not part of an experiment yet: create states through "
                 "Experiment.spawn_new_tree and recipes, not by calling the class"
@@ -201,7 +205,7 @@ class ExperimentState:
         sha = d.get("_dg_sha")
         if sha is None:
             return f"<{type(self).__name__} (not in an experiment)>"
-        meta = d.get("_dg_meta") or {}
+        meta = d.get("_dg_meta") or (self._meta() if d.get("_dg_tree") is not None else {})
         recipe = (meta.get("recipe") or {}).get("name", "root")
         tags = ", ".join(meta.get("tags", []))
         slim = "" if d.get("_dg_loaded") else " slim"

@@ -129,7 +129,7 @@ def dumps(obj: Any, sink: BlobSink, threshold: int = DEFAULT_THRESHOLD) -> tuple
     return f.getvalue(), p.blobs
 
 
-def loads(data: bytes, blobs: Sequence[tuple[str, int]], source: BlobSource, map_location: Any = None) -> Any:
+def loads(data: bytes | memoryview, blobs: Sequence[tuple[str, int]], source: BlobSource, map_location: Any = None) -> Any:
     """Unpickle a state pickled by :func:`dumps`, reading its blobs through ``source``."""
     buffers = [source(name, size) for name, size in blobs]
     previous = getattr(_load_ctx, "frame", None)

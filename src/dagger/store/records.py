@@ -21,16 +21,24 @@ and one listing instead of 10,000 files.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from dagger.errors import CodeNotFoundError, CorruptRecordError, FormatVersionError, StoreError
+from dagger.errors import (
+    CodeNotFoundError,
+    CorruptRecordError,
+    FormatVersionError,
+    StateNotFoundError,
+    StoreError,
+)
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import _fastio, pickling
 from dagger.store.base import Store
@@ -127,16 +135,21 @@ class Records:
 
     # ---- listing and metadata ------------------------------------------------
 
-    def committed(self) -> dict[str, str]:
-        """``{sha: newest rev}`` of every committed state, from one listing."""
-        names = getattr(self.store, "names", None)
-        entries = names("meta") if names else [k.rsplit("/", 1)[-1] for k in self.store.list("meta")]
+    def committed(self, entries: list[str] | None = None) -> dict[str, str]:
+        """``{sha: newest rev}`` of every committed state, from one listing (or these file names)."""
+        if entries is None:
+            entries = self._meta_names()
         out: dict[str, str] = {}
         # One regex pass over the whole listing (a match per name costs more at 10,000 states).
         for sha, rev in _META_LINE.findall("\n".join(entries)):
             if rev > out.get(sha, ""):
                 out[sha] = rev
         return out
+
+    def _meta_names(self) -> list[str]:
+        """The names of the files in ``meta/``."""
+        names = getattr(self.store, "names", None)
+        return names("meta") if names else [k.rsplit("/", 1)[-1] for k in self.store.list("meta")]
 
     def read_meta(self, sha: str, rev: str) -> dict[str, Any]:
         key = meta_key(sha, rev)
@@ -212,6 +225,7 @@ class Records:
     def load_pickle(self, sha: str, map_location: Any = None) -> Any:
         key = state_key(sha)
         recent = self._recent.get(sha)
+        data: bytes | memoryview
         if recent is not None:
             data, blobs = recent[0], recent[1]
         else:
@@ -248,31 +262,35 @@ class Records:
 
     # ---- index ------------------------------------------------------------------
 
-    def load_all_meta(self, on_corrupt: Any = None) -> dict[str, dict[str, Any]]:
-        """Every committed state's metadata: the index, refreshed where stale.
+    def load_index(self, on_corrupt: Any = None) -> SlimIndex:
+        """Every committed state, from the index, refreshed where stale.
 
         The index is derived: entries whose revision no longer matches the
         listing are re-read from their records, missing ones are added,
         removed ones dropped, and a corrupt index is rebuilt from scratch.
+        When the index is up to date, only what browsing needs is parsed and
+        each state's full metadata is decoded on first use
+        (:meth:`SlimIndex.meta`), so opening a large experiment is quick.
         """
-        listing = self.committed()
-        index: dict[str, dict[str, Any]] = {}
+        names = self._meta_names()
         try:
-            raw = json.loads(self.store.get(INDEX_KEY))
-            if raw.get("format") == FORMAT_VERSION and isinstance(raw.get("states"), dict):
-                index = raw["states"]
-        except FileNotFoundError:
-            pass
-        except (ValueError, AttributeError, OSError):
-            index = {}
-        stale = False
+            raw: bytes | None = self.store.get(INDEX_KEY)
+        except OSError:  # missing, or not a readable file
+            raw = None
+        with paused_gc():
+            index = SlimIndex.parse(self, raw)
+        if index.lazy and index.lists(names):
+            return index
+        listing = self.committed(names)  # other files in meta/, or a leftover older revision
+        if index.lazy and index.matches(listing):
+            return index
+        known = index.all_meta()
         out: dict[str, dict[str, Any]] = {}
         for sha, rev in listing.items():
-            meta = index.get(sha)
+            meta = known.get(sha)
             if meta is not None and meta.get("rev") == rev:
                 out[sha] = meta
                 continue
-            stale = True
             try:
                 out[sha] = self.read_meta(sha, rev)
             except FileNotFoundError:
@@ -283,16 +301,307 @@ class Records:
                 if on_corrupt is None:
                     raise
                 on_corrupt(sha, meta_key(sha, rev), exc)
-        if stale or len(index) != len(out):
-            self.write_index(out.values())
-        return out
+        self.write_index(out.values())
+        return SlimIndex.of(out, self)
+
+    def load_all_meta(self, on_corrupt: Any = None) -> dict[str, dict[str, Any]]:
+        """Every committed state's full metadata, by hash (see :meth:`load_index`)."""
+        return self.load_index(on_corrupt).all_meta()
 
     def write_index(self, metas: Iterable[dict[str, Any]]) -> None:
-        states = {m["sha"]: m for m in metas}
         try:
-            self.store.put(INDEX_KEY, encode_json({"format": FORMAT_VERSION, "states": states}))
+            self.store.put(INDEX_KEY, index_bytes(metas))
         except OSError:
             pass  # the index is an optimisation; the records are the truth
+
+
+# ---- the index file ---------------------------------------------------------------
+#
+# index.json is one JSON object, written as
+#
+#   {"format":"F+index2","states":{sha:{"rev":R,"at":N},...},
+#    "columns":{"properties":[P,...],"parent":[...],"depth":[...],"p":[...],"tags":[[...],...]},
+#    "metas":[META,...]}
+#
+# States are in tree order (depth, then creation). "columns" hold, in that
+# order, what browsing needs: the parent's place (-1 for a root, -2 when the
+# parent is not indexed), the depth, the root properties (a place in the table
+# of distinct ones) and the tags. "at" is where the state's full metadata
+# starts, counted from just after "metas":[ (the text is ASCII, so characters
+# and bytes agree). Opening an experiment parses the head only and decodes a
+# state's metadata on first use; a decoded record must name its state and
+# revision, else the meta record itself is read. A file in any other shape
+# (edited, reformatted, an older layout) is read as plain JSON and rewritten.
+# "format" is not the plain format number, so that a dagger that only knows the
+# first layout (full metadata per state) ignores this file and rebuilds it.
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects that all stay alive.
+
+    Each collection on the way would scan them again for nothing (a third of
+    the time of opening a 10,000-state experiment). It runs again afterwards,
+    unless it was off already.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+_INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
+_INDEX_HEAD = f'{{"format":"{_INDEX_FORMAT}","states":'
+_COLUMNS = ("properties", "parent", "depth", "p", "tags")
+_DECODER = json.JSONDecoder()
+_METAS_START = b',"metas":['
+_NO_PARENT = -1
+_UNINDEXED_PARENT = -2
+
+
+def _index_order(meta: dict[str, Any]) -> tuple[Any, Any]:
+    return (meta.get("depth", 0), meta.get("created", 0))
+
+
+def index_bytes(metas: Iterable[dict[str, Any]]) -> bytes:
+    """The text of ``index.json`` for these metadata records (see the layout above)."""
+    encode = _JSON.encode
+    ordered = sorted(metas, key=_index_order)
+    place = {meta["sha"]: i for i, meta in enumerate(ordered)}
+    table: dict[str, int] = {}
+    states: dict[str, dict[str, Any]] = {}
+    parent: list[int] = []
+    depth: list[Any] = []
+    props: list[int] = []
+    tags: list[Any] = []
+    parts: list[str] = []
+    offset = 0
+    last: Any = object()
+    p = 0
+    with paused_gc():
+        for meta in ordered:
+            text = encode(meta)
+            states[meta["sha"]] = {"rev": meta.get("rev"), "at": offset}
+            up = meta.get("parent")
+            parent.append(_NO_PARENT if up is None else place.get(up, _UNINDEXED_PARENT))
+            depth.append(meta.get("depth", 0))
+            root = meta.get("properties")
+            if root != last:  # states of one tree share their root's properties: encode them once
+                p = table.setdefault(encode(root), len(table))
+                last = root
+            props.append(p)
+            tags.append(meta.get("tags") or [])
+            parts.append(text)
+            offset += len(text) + 1  # and the comma
+    columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags})
+    head = f'{_INDEX_HEAD}{encode(states)},"columns":{{"properties":[{",".join(table)}],{columns[1:]},"metas":['
+    return (head + ",".join(parts) + "]}").encode()
+
+
+def _ints(column: Any, n: int, low: int, high: int) -> bool:
+    """Whether ``column`` is a list of ``n`` ints in ``[low, high)``."""
+    if type(column) is not list or len(column) != n:
+        return False
+    return not n or (set(map(type, column)) == {int} and low <= min(column) and max(column) < high)
+
+
+def _describes(meta: Any, sha: str, rev: Any) -> bool:
+    """Whether ``meta`` (decoded from the index) is the metadata of ``sha`` at revision ``rev``."""
+    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev
+
+
+class SlimIndex:
+    """Every state of an experiment, with each state's full metadata decoded on demand.
+
+    ``lazy``: parsed from an up-to-date index file; ``shas`` lists the states
+    in tree order and the columns (``parent``, ``depth``, ``p``, ``tags``,
+    ``properties``) hold what browsing needs, in the same order. Otherwise
+    ``decoded`` holds every state's full metadata. :meth:`meta` gives one
+    state's full metadata, :meth:`entry` its browsing fields.
+    """
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+        self.lazy = False
+        self.states: dict[str, dict[str, Any]] = {}  # from the file: {"rev", "at"} by hash
+        self.shas: list[str] = []
+        self.properties: list[Any] = []
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+        self.p: list[int] = []
+        self.tags: list[list[str]] = []
+        self.decoded: dict[str, dict[str, Any]] = {}
+        self._raw = b""
+        self._text = ""
+        self._base = 0
+        self._place: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, metas: dict[str, dict[str, Any]], records: Records) -> SlimIndex:
+        """An index of metadata already in memory."""
+        index = cls(records)
+        index.decoded = dict(metas)
+        return index
+
+    @classmethod
+    def parse(cls, records: Records, raw: bytes | None) -> SlimIndex:
+        """The index in ``raw`` (the bytes of index.json); empty when it is missing or unreadable."""
+        index = cls(records)
+        if not raw:
+            return index
+        if raw.startswith(_INDEX_HEAD.encode()):
+            try:
+                if index._parse_head(raw):
+                    return index
+            except (ValueError, TypeError):
+                pass
+            index = cls(records)  # damaged after its head: read it as plain JSON
+        try:
+            index._parse_any(raw.decode())
+        except UnicodeDecodeError:
+            pass
+        return index
+
+    def _parse_head(self, raw: bytes) -> bool:
+        # The head ends where the metadata starts: that text cannot occur earlier, as JSON escapes
+        # every quote inside a string. Only the head is decoded now; the rest on first use.
+        end = raw.find(_METAS_START)
+        if end < 0 or not raw.endswith(b"]}"):
+            return False
+        text = raw[:end].decode() + _METAS_START.decode()
+        states, pos = _DECODER.raw_decode(text, len(_INDEX_HEAD))
+        if not text.startswith(',"columns":', pos):
+            return False
+        columns, pos = _DECODER.raw_decode(text, pos + 11)
+        if pos != end:
+            return False
+        if type(states) is not dict or type(columns) is not dict or set(map(type, states.values())) - {dict}:
+            return False
+        n = len(states)
+        props, tags = columns.get("properties"), columns.get("tags")
+        if not (
+            type(props) is list
+            and type(tags) is list
+            and len(tags) == n
+            and not set(map(type, tags)) - {list}
+            and _ints(columns.get("parent"), n, _UNINDEXED_PARENT, n)
+            and _ints(columns.get("depth"), n, 0, 1 << 62)
+            and _ints(columns.get("p"), n, 0, len(props))
+        ):
+            return False
+        self.states = states
+        self.shas = list(states)
+        self.properties = props
+        self.parent, self.depth, self.p, self.tags = columns["parent"], columns["depth"], columns["p"], tags
+        self._raw = raw
+        self._base = end + len(_METAS_START)
+        self.lazy = True
+        return True
+
+    def _parse_any(self, text: str) -> None:
+        """Any other shape of the file: plain JSON, this layout or the first (full metadata per state)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return
+        if type(data) is not dict or type(data.get("states")) is not dict:
+            return
+        if data.get("format") == _INDEX_FORMAT:
+            metas = data.get("metas")
+        elif data.get("format") == FORMAT_VERSION:  # the first layout
+            metas = list(data["states"].values())
+        else:
+            return
+        if type(metas) is not list:
+            return
+        for (sha, entry), meta in zip(data["states"].items(), metas, strict=False):
+            if type(entry) is dict and _describes(meta, sha, entry.get("rev")):
+                self.decoded[sha] = meta
+
+    def matches(self, listing: dict[str, str]) -> bool:
+        """Whether the index holds exactly these states at these revisions."""
+        if len(listing) != len(self.states):
+            return False
+        get = listing.get
+        return all(get(sha) == entry.get("rev") for sha, entry in self.states.items())
+
+    def lists(self, names: list[str]) -> bool:
+        """Whether the index holds exactly the states and revisions that these ``meta/`` file names do."""
+        if len(names) != len(self.states):
+            return False
+        return set(names) == {f"{sha}.{entry.get('rev')}.json" for sha, entry in self.states.items()}
+
+    def __len__(self) -> int:
+        return len(self.shas) if self.lazy else len(self.decoded)
+
+    def meta(self, sha: str) -> dict[str, Any]:
+        """The full metadata of state ``sha``, decoded once (or read from its record)."""
+        meta = self.decoded.get(sha)
+        if meta is None:
+            entry = self.states[sha]
+            meta = self._from_text(sha, entry) or self._from_record(sha, entry.get("rev"))
+            self.decoded[sha] = meta
+        return meta
+
+    def entry(self, sha: str) -> dict[str, Any]:
+        """What browsing reads of a state (``parent``, ``depth``, ``tags``), without decoding it."""
+        if not self.lazy or sha in self.decoded:
+            return self.meta(sha)
+        if self._place is None:
+            self._place = {s: i for i, s in enumerate(self.shas)}
+        i = self._place[sha]
+        up = self.parent[i]
+        if up == _UNINDEXED_PARENT:
+            return self.meta(sha)
+        return {"parent": None if up < 0 else self.shas[up], "depth": self.depth[i], "tags": self.tags[i]}
+
+    def all_meta(self) -> dict[str, dict[str, Any]]:
+        """Every state's full metadata, by hash (the undecoded ones decoded in one pass)."""
+        if not self.lazy:
+            return dict(self.decoded)
+        decoded = self.decoded
+        if len(decoded) < len(self.shas):
+            try:
+                metas, _ = _DECODER.raw_decode(self._decoded_text(), self._base - 1)
+            except ValueError:
+                metas = []
+            for (sha, entry), meta in zip(self.states.items(), metas if type(metas) is list else [], strict=False):
+                if sha not in decoded and _describes(meta, sha, entry.get("rev")):
+                    decoded[sha] = meta
+        return {sha: self.meta(sha) for sha in self.shas}
+
+    def _from_text(self, sha: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        at = entry.get("at")
+        if not (self._raw or self._text) or type(at) is not int or at < 0:
+            return None
+        try:
+            text = self._decoded_text()
+            meta, end = _DECODER.raw_decode(text, self._base + at)
+        except ValueError:  # UnicodeDecodeError included
+            return None
+        if text[end : end + 1] not in (",", "]") or not _describes(meta, sha, entry.get("rev")):
+            return None
+        return meta
+
+    def _decoded_text(self) -> str:
+        """The whole index as text (decoded on first use; ASCII, so offsets in bytes hold)."""
+        if not self._text:
+            self._text = self._raw.decode()
+            self._raw = b""
+        return self._text
+
+    def _from_record(self, sha: str, rev: Any) -> dict[str, Any]:
+        try:
+            return self.records.read_meta(sha, str(rev))
+        except FileNotFoundError:
+            newest = self.records.committed().get(sha)
+            if newest is None:
+                msg = f"state {sha[:12]} was removed from the store after the experiment was opened"
+                raise StateNotFoundError(msg) from None
+            return self.records.read_meta(sha, newest)
 
 
 def _recompute_hint(sha: str) -> str:

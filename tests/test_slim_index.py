@@ -1,0 +1,182 @@
+"""The slim index: each state's metadata is decoded lazily, and always equals its meta record."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from paperdefs import State, TrainRecipe, eval_fn, listing2
+
+import dagger as dg
+from dagger.store import LocalStore
+from dagger.store import records as rec
+
+
+class CountingStore(LocalStore):
+    """A real local store that counts the files it reads, by folder."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads: dict[str, int] = {}
+
+    def get(self, key: str) -> bytes:
+        folder = key.split("/", 1)[0] if "/" in key else key
+        self.reads[folder] = self.reads.get(folder, 0) + 1
+        return super().get(key)
+
+
+def records_of(directory: str) -> dict[str, dict]:
+    """Every state's newest metadata, read from its own meta record."""
+    records = rec.Records(LocalStore(directory))
+    return {sha: records.read_meta(sha, r) for sha, r in records.committed().items()}
+
+
+def open_slim(directory: str) -> tuple[dg.Experiment, CountingStore]:
+    store = CountingStore(directory)
+    exp = dg.Experiment.restore(store, state_class=State)
+    return exp, store
+
+
+def undecoded(exp: dg.Experiment) -> int:
+    return sum(1 for n in exp.graph.nodes if n.__dict__["_dg_meta"] is None)
+
+
+def assert_same_as_records(exp: dg.Experiment, directory: str) -> None:
+    truth = records_of(directory)
+    graph = exp.graph
+    assert {n.sha() for n in graph.nodes} == set(truth)
+    for node in graph.nodes:
+        meta = truth[node.sha()]
+        assert node.metadata == meta  # decoded from the index on first use
+        assert node.tags == meta["tags"]
+        assert (node.parent.sha() if node.parent else None) == meta["parent"]
+        assert {c.sha() for c in node.children} == {s for s, m in truth.items() if m["parent"] == node.sha()}
+        for name, value in meta["properties"].items():
+            assert getattr(node, name) == value
+
+
+@pytest.fixture
+def many(exp_dir):
+    """Tags and properties with quotes and non-ASCII text, Function results, three levels."""
+    exp = dg.Experiment(exp_dir, state_class=State)
+    root = exp.spawn_new_tree(dataset_name='mnist "small" ü', model_name="vgg-11")
+    for i in range(12):
+        with exp.tag(f"lr:{i % 6}", "débruité" if i % 2 else 'say "hi"'):
+            s = TrainRecipe(nb_epochs=2, lr=0.01 * (i + 1))(root)
+            eval_fn(s)
+            TrainRecipe(nb_epochs=1, lr=0.5)(s)
+    exp.run(progress=False)
+    return exp_dir
+
+
+def test_lazily_decoded_metadata_equals_every_record(many):
+    exp, store = open_slim(many)
+    assert exp.graph._index.lazy
+    assert len(exp.graph) == 25
+    assert undecoded(exp) == 25  # opening decodes no state's metadata ...
+    assert store.reads.get("meta", 0) == 0 and store.reads.get("states", 0) == 0
+    assert_same_as_records(exp, many)
+    assert undecoded(exp) == 0  # ... until it is used
+    assert store.reads.get("meta", 0) == 0  # all of it came from the index
+    assert store.reads.get("states", 0) == 0  # and nothing was unpickled
+
+
+def test_browsing_fields_match_the_records_without_decoding(many):
+    truth = records_of(many)
+    exp, _ = open_slim(many)
+    graph = exp.graph
+    nodes = graph.nodes
+    assert [n.sha() for n in nodes.filter("débruité")] == [
+        n.sha() for n in nodes if "débruité" in truth[n.sha()]["tags"]
+    ]
+    both = [n.sha() for n in nodes if {'say "hi"', "lr:2"} <= set(truth[n.sha()]["tags"])]
+    assert [n.sha() for n in nodes.filter('say "hi"', "lr:2")] == both and len(both) == 4
+    subset = nodes[1:20]  # a new set builds its own tag index from the index entries
+    assert {n.sha() for n in subset.filter("!lr:3")} == {
+        n.sha() for n in subset if "lr:3" not in truth[n.sha()]["tags"]
+    }
+    assert {n.sha() for n in graph.nodes_at_distance(2)} == {s for s, m in truth.items() if m["depth"] == 2}
+    assert graph.root.sha() in truth and truth[graph.root.sha()]["parent"] is None
+    depth_then_created = sorted(truth, key=lambda s: (truth[s]["depth"], truth[s]["created"]))
+    assert [n.sha() for n in nodes] == depth_then_created
+    assert undecoded(exp) == len(truth)  # none of this decoded any state's metadata
+    assert len(graph.to_text().splitlines()) == len(truth)
+
+
+def test_full_metadata_for_a_run_equals_the_records(many):
+    records = rec.Records(LocalStore(many))
+    assert records.load_all_meta() == records_of(many)
+
+
+def test_damaged_metadata_in_the_index_falls_back_to_the_record(exp_dir):
+    listing2(exp_dir)
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    raw = open(path, "rb").read()
+    head, metas = raw.split(b',"metas":[', 1)
+    states = json.loads(head.split(b',"columns":', 1)[0][len(rec._INDEX_HEAD) :])
+    victim = next(iter(states))
+    # same length, so every offset still holds: only the victim's record in the index is wrong
+    metas = metas.replace(victim.encode(), victim[::-1].encode(), 1)
+    with open(path, "wb") as f:
+        f.write(head + b',"metas":[' + metas)
+    exp, store = open_slim(exp_dir)
+    assert exp.graph._index.lazy
+    assert_same_as_records(exp, exp_dir)
+    assert store.reads["meta"] == 1  # only the damaged one was read from its record
+
+
+def test_truncated_index_is_rebuilt(exp_dir):
+    listing2(exp_dir)
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw[: len(raw) - 40])
+    exp, store = open_slim(exp_dir)
+    assert not exp.graph._index.lazy and store.reads["meta"] == 5
+    assert_same_as_records(exp, exp_dir)
+    assert open_slim(exp_dir)[0].graph._index.lazy  # rewritten whole
+
+
+def test_parent_missing_from_the_index(exp_dir):
+    exp, _ = listing2(exp_dir)
+    truth = records_of(exp_dir)
+    trained = next(s for s, m in truth.items() if m["depth"] == 1)
+    os.remove(os.path.join(exp_dir, rec.meta_key(trained, truth[trained]["rev"])))
+    first, _ = open_slim(exp_dir)  # stale: rebuilt without that state
+    assert len(first.graph) == 4 and not first.graph._index.lazy
+    exp, _ = open_slim(exp_dir)  # up to date: lazy, the orphan's parent read from its metadata
+    assert exp.graph._index.lazy
+    orphan = next(s for s, m in truth.items() if m["parent"] == trained)
+    assert [n.sha() for n in exp.graph.children_of(trained)] == [orphan]
+    assert {n.sha(): n.metadata for n in exp.graph.nodes} == records_of(exp_dir)
+    assert len(exp.graph.to_text().splitlines()) == 4
+
+
+def test_index_of_the_first_layout_is_used_then_rewritten(exp_dir):
+    listing2(exp_dir)
+    truth = records_of(exp_dir)
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    with open(path, "w") as f:
+        json.dump({"format": 1, "states": truth}, f)  # full metadata per state
+    exp, store = open_slim(exp_dir)
+    assert store.reads.get("meta", 0) == 0
+    assert {n.sha(): n.metadata for n in exp.graph.nodes} == truth
+    assert open(path, "rb").read().startswith(rec._INDEX_HEAD.encode())
+    assert open_slim(exp_dir)[0].graph._index.lazy
+
+
+def test_leftover_old_revision_keeps_the_index_in_use(exp_dir):
+    """A crash between writing a new revision and removing the old one leaves both: still one index read."""
+    listing2(exp_dir)
+    truth = records_of(exp_dir)
+    sha = next(iter(truth))
+    older = f"{int(truth[sha]['rev'][:16], 16) - 1:016x}0000"
+    with open(os.path.join(exp_dir, rec.meta_key(sha, older)), "w") as f:
+        json.dump({k: v for k, v in truth[sha].items() if k != "rev"} | {"tags": ["old"]}, f)
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    before = os.stat(path).st_mtime_ns
+    exp, store = open_slim(exp_dir)
+    assert exp.graph._index.lazy and store.reads.get("meta", 0) == 0
+    assert os.stat(path).st_mtime_ns == before  # not rewritten
+    assert exp.graph.node(sha).metadata == truth[sha]
