@@ -244,6 +244,17 @@ def _label(node: ExperimentState, result: str | None = None) -> str:
 Dir = Annotated[
     str, typer.Argument(metavar="DIR", help="The experiment folder (a path or an fsspec URL).", show_default=False)
 ]
+Tags = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tag",
+        "-t",
+        metavar="PATTERN",
+        help="Keep states whose tags match this fnmatch pattern; a leading ! negates. Repeatable.",
+        show_default=False,
+    ),
+]
+AnyTag = Annotated[bool, typer.Option("--any", help="Keep states matching any --tag pattern (default: all of them).")]
 Hash = Annotated[
     str, typer.Argument(metavar="HASH", help="A state hash or a unique prefix of 4+ hex digits.", show_default=False)
 ]
@@ -306,17 +317,8 @@ def _failures(exp: Experiment) -> list[dict[str, Any]]:
 @_command
 def ls_(
     directory: Dir,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag",
-            "-t",
-            metavar="PATTERN",
-            help="fnmatch pattern on tags; a leading ! negates. Repeatable.",
-            show_default=False,
-        ),
-    ] = None,
-    any_: Annotated[bool, typer.Option("--any", help="Keep states matching any pattern (default: all).")] = False,
+    tag: Tags = None,
+    any_: AnyTag = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print full hashes only, one a line.")] = False,
 ) -> int:
     """List the states whose tags match the patterns (all of them, or any with --any)."""
@@ -573,17 +575,8 @@ def results(
             "--csv", metavar="FILE", help="Write the table as CSV to this file ('-' for stdout).", show_default=False
         ),
     ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag",
-            "-t",
-            metavar="PATTERN",
-            help="Only states matching this tag pattern. Repeatable.",
-            show_default=False,
-        ),
-    ] = None,
-    any_: Annotated[bool, typer.Option("--any", help="Keep states matching any --tag pattern.")] = False,
+    tag: Tags = None,
+    any_: AnyTag = False,
 ) -> int:
     """One row per state: hash, tags, recipe properties along its lineage and Function results."""
     exp = _open(directory)
@@ -677,13 +670,8 @@ def plot(
             "--output", "-o", metavar="FILE", help="The picture to write (.png, .svg or .pdf).", show_default=False
         ),
     ],
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag", "-t", metavar="PATTERN", help="Only states matching this tag pattern.", show_default=False
-        ),
-    ] = None,
-    any_: Annotated[bool, typer.Option("--any", help="Keep states matching any --tag pattern.")] = False,
+    tag: Tags = None,
+    any_: AnyTag = False,
     root: Annotated[bool, typer.Option("--root", help="Include the root (before any recipe ran).")] = False,
 ) -> int:
     """Plot y against x along each branch (root to leaf): one line per branch, e.g. the pruning curve.

@@ -71,42 +71,39 @@ class LocalStore(Store):
             with self.open_write(key) as f:
                 f.write(data)
             return
-        # open_write, without a generator-based context manager per small file.
-        final = self._path(key)
-        self._ensure_dir(final.rpartition("/")[0] if "/" in key else self.root)
-        tmp = self._tmp_path()
+        # The body of open_write, without a generator-based context manager per small file.
+        tmp, final = self._begin(key)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._finish(f)
             os.replace(tmp, final)
         except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+            _discard(tmp)
             raise
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
-        final = self._path(key)
-        self._ensure_dir(os.path.dirname(final))
-        tmp = self._tmp_path()
+        tmp, final = self._begin(key)
         try:
             with open(tmp, "wb") as f:
                 yield f
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._finish(f)
             os.replace(tmp, final)
         except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+            _discard(tmp)
             raise
+
+    def _begin(self, key: str) -> tuple[str, str]:
+        """A fresh temporary path, and the final path (its folder made) for ``key``."""
+        final = self._path(key)
+        self._ensure_dir(os.path.dirname(final))
+        return self._tmp_path(), final
+
+    def _finish(self, f: BinaryIO) -> None:
+        if self.fsync:
+            f.flush()
+            os.fsync(f.fileno())
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))
@@ -149,3 +146,11 @@ class LocalStore(Store):
 
         self._ensure_dir(os.path.dirname(self._path(key)))
         return FileLock(self._path(key), stale_after)
+
+
+def _discard(path: str) -> None:
+    """Remove an abandoned temporary file (it may already be gone)."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
