@@ -207,10 +207,6 @@ class RunReport:
         """One plain dict per state (e.g. for ``pandas.DataFrame``)."""
         return [s.as_dict() for s in self.states]
 
-    @staticmethod
-    def now() -> float:
-        return time.time()
-
 
 def _seconds(value: float) -> str:
     if value >= 3600:
