@@ -9,6 +9,8 @@ import sys
 import textwrap
 
 import pytest
+from indexdefs import CountingStore
+from indexdefs import records_of as truth
 from paperdefs import listing2
 
 import dagger as dg
@@ -16,25 +18,6 @@ from dagger.store import LocalStore
 from dagger.store import records as rec
 
 HERE = os.path.dirname(__file__)
-
-
-class CountingStore(LocalStore):
-    """A real local store that counts the files it reads, by folder."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.reads: dict[str, int] = {}
-
-    def get(self, key: str) -> bytes:
-        folder = key.split("/", 1)[0] if "/" in key else key
-        self.reads[folder] = self.reads.get(folder, 0) + 1
-        return super().get(key)
-
-
-def truth(directory: str) -> dict[str, dict]:
-    """Every state's newest metadata, read from the primary records one by one."""
-    records = rec.Records(LocalStore(directory))
-    return {sha: records.read_meta(sha, r) for sha, r in records.committed().items()}
 
 
 def index_states(directory: str) -> dict[str, dict]:

@@ -203,14 +203,9 @@ def _status(meta: dict[str, Any]) -> str:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "missing"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
+    from dagger.store.maintenance import format_bytes
+
+    return "missing" if n is None else format_bytes(n)
 
 
 def _when(ts: Any) -> str:

@@ -58,7 +58,8 @@ GC_KINDS = {
 }
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """A byte count for people: ``"512 B"``, ``"3.4 MiB"``."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -120,13 +121,13 @@ class GcReport:
         for kind, label in GC_KINDS.items():
             n = len(self.removed[kind])
             if n:
-                lines.append(f"  {verb} {n} {label} ({_fmt_bytes(self.freed[kind])})")
+                lines.append(f"  {verb} {n} {label} ({format_bytes(self.freed[kind])})")
         if not self.removed_count:
             lines.append("  nothing to remove")
         for kind, n in self.skipped.items():
             lines.append(f"  kept {n} {GC_KINDS.get(kind, kind)}: a running experiment may still need them")
         freed = "would free" if self.dry_run else "freed"
-        lines.append(f"  {freed} {_fmt_bytes(self.freed_bytes)} in total")
+        lines.append(f"  {freed} {format_bytes(self.freed_bytes)} in total")
         return "\n".join(lines)
 
 
@@ -177,7 +178,7 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = (
-            f"verify {self.location}: {self.states} states, {self.blobs} blobs ({_fmt_bytes(self.blob_bytes)}) checked"
+            f"verify {self.location}: {self.states} states, {self.blobs} blobs ({format_bytes(self.blob_bytes)}) checked"
         )
         lines = [head]
         if self.ok:
