@@ -65,7 +65,7 @@ def test_gc_removes_leftovers_and_reports_bytes(small):
     orphan_sha = "ab" * 32
     store.put(rec.state_key(orphan_sha), b'{"format":1,"blobs":[]}\n.')
     unused = os.urandom(70_000)
-    unused_name = rec.pickling.sha256_of(memoryview(unused))
+    unused_name = rec.digest.hexdigest(records.blob_hash, unused)
     store.put(rec.blob_key(unused_name), unused)
     # a lock of a killed process, and a half-broken lock
     dead = {"host": socket.gethostname(), "pid": _dead_pid(), "time": time.time(), "token": "t"}
@@ -230,7 +230,7 @@ def test_gc_and_verify_on_memory_store():
     exp.run()
     exp.store.put("tmp/x", b"123")
     junk = np.arange(10.0).tobytes()
-    exp.store.put(rec.blob_key(rec.pickling.sha256_of(memoryview(junk))), junk)
+    exp.store.put(rec.blob_key(rec.digest.hexdigest(exp.records.blob_hash, junk)), junk)
     assert exp.verify().ok
     exp.store.put(rec.blob_key("f" * 64), junk)  # content does not match the name
     bad = exp.verify()
@@ -245,7 +245,7 @@ def test_verify_finds_a_modified_pickle_of_the_same_size(small):
     exp, root, _ = small
     key = rec.state_key(root.sha())
     raw = bytearray(exp.store.get(key))
-    if b'"sha256"' not in raw.split(b"\n", 1)[0]:
+    if b'"blake3"' not in raw.split(b"\n", 1)[0]:
         pytest.fail("state pickles carry no checksum: a same-size edit cannot be detected")
     raw[-20] ^= 0x01  # same size, still ends with the STOP opcode
     exp.store.put(key, bytes(raw))

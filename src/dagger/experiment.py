@@ -153,6 +153,7 @@ class Experiment:
                 "state_class": path,
                 "root": sha,
                 "root_properties": _jsonish(props),
+                "blob_hash": self.records.blob_hash,
                 "created": time.time(),
                 "environment": environment.capture(self.packages),
             }

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 import dagger as dg
-from dagger.store import LocalStore
-from dagger.store.pickling import sha256_of
+from dagger.store import LocalStore, digest
 from dagger.store.records import Records, is_sha
 
 FORK = multiprocessing.get_context("fork")
@@ -113,7 +112,7 @@ def audit(directory: str) -> dict[str, Any]:
             problems.append(f"state {sha[:12]}: {type(exc).__name__}: {exc}")
     for key in store.list("blobs"):
         name = key.rsplit("/", 1)[-1]
-        if not is_sha(name) or sha256_of(memoryview(store.get(key))) != name:
+        if not is_sha(name) or digest.hexdigest(records.blob_hash, store.get(key)) != name:
             problems.append(f"{key} does not hash to its name")
     for key in store.list("states"):
         sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")

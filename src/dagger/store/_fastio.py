@@ -1,6 +1,6 @@
 """Fast paths for large blobs on a local store: hash while writing, hash while reading.
 
-A blob is named by its SHA-256, so the plain way to save one is to hash it,
+A blob is named by its content hash (see :mod:`dagger.store.digest`), so the plain way to save one is to hash it,
 then write it; to load one, to read it, then hash it to verify it. For a
 buffer of hundreds of MB both steps take about as long as the disk, so doing
 them one after the other halves the throughput. Here they overlap: one thread
@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any, TypeGuard
 
+from dagger.store import digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store, check_key
 
@@ -70,26 +71,26 @@ def _path(store: LocalStore, key: str) -> str:
     return os.path.join(store.root, check_key(key))
 
 
-def put_blob(store: LocalStore, view: memoryview, key_of: Any) -> str:
-    """Store ``view`` as a blob; return its name (SHA-256). ``key_of(name)`` is the blob's key."""
+def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -> str:
+    """Store ``view`` as a blob; return its name (its ``algorithm`` hash). ``key_of(name)`` is the blob's key."""
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
     fp = _fingerprint(view)
     with _FP_LOCK:
         seen = _FINGERPRINTS.get(fp)
     if seen is not None and os.path.exists(_path(store, key_of(seen))):
         # Probably data carried along unchanged: hash first, write only if it is new after all.
-        name = hashlib.sha256(view).hexdigest()
+        name = digest.hexdigest(algorithm, view)
         if not os.path.exists(_path(store, key_of(name))):
             store.put(key_of(name), view)
         _remember(fp, name)
         return name
 
-    digest: list[str] = []
+    names: list[str] = []
     errors: list[BaseException] = []
 
     def hash_it() -> None:
         try:
-            digest.append(hashlib.sha256(view).hexdigest())
+            names.append(digest.hexdigest(algorithm, view))
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
@@ -107,7 +108,7 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any) -> str:
         thread.join()
         if errors:
             raise errors[0]
-        name = digest[0]
+        name = names[0]
         final = _path(store, key_of(name))
         if os.path.exists(final):
             os.remove(staging)
@@ -125,8 +126,8 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any) -> str:
     return name
 
 
-def get_blob(store: LocalStore, key: str, verify: bool) -> tuple[memoryview, str | None]:
-    """Read the blob at ``key`` into a writable buffer; with ``verify``, also its SHA-256 (hashed while reading).
+def get_blob(store: LocalStore, key: str, algorithm: str | None) -> tuple[memoryview, str | None]:
+    """Read the blob at ``key`` into a writable buffer, and its ``algorithm`` hash (hashed while reading; None: skip).
 
     The buffer is anonymous memory that the kernel maps in as the file is read
     into it (no separate zero-filling pass), so that work overlaps the hashing too.
@@ -134,7 +135,7 @@ def get_blob(store: LocalStore, key: str, verify: bool) -> tuple[memoryview, str
     with open(_path(store, key), "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         view = memoryview(mmap.mmap(-1, size)) if size else memoryview(bytearray())
-        h = hashlib.sha256() if verify else None
+        h = digest.hasher(algorithm) if algorithm else None
         chunks: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
 
         def hash_chunks() -> None:

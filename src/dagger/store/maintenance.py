@@ -21,13 +21,13 @@ written, so they are kept and reported as skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from dagger.errors import CorruptRecordError
 from dagger.hashing import FORMAT_VERSION
+from dagger.store import digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store
 from dagger.store.locks import _is_stale
@@ -37,6 +37,7 @@ from dagger.store.records import (
     INDEX_KEY,
     Records,
     blob_key,
+    checksum_matches,
     is_sha,
     meta_key,
     state_key,
@@ -228,10 +229,10 @@ def _read_header(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
     return header, raw
 
 
-def _blob_digest(store: Store, key: str) -> tuple[str, int]:
-    """SHA-256 and size of a blob, streamed from disk where the store is local."""
+def _blob_digest(store: Store, key: str, algorithm: str) -> tuple[str, int]:
+    """Content hash and size of a blob, streamed from disk where the store is local."""
     if isinstance(store, LocalStore):
-        h = hashlib.sha256()
+        h = digest.hasher(algorithm)
         size = 0
         with open(store._path(key), "rb", buffering=0) as f:
             buf = bytearray(_CHUNK)
@@ -244,7 +245,7 @@ def _blob_digest(store: Store, key: str) -> tuple[str, int]:
                 size += n
         return h.hexdigest(), size
     data = store.get(key)
-    return hashlib.sha256(data).hexdigest(), len(data)
+    return digest.hexdigest(algorithm, data), len(data)
 
 
 def _live_locks(store: Store, stale: list[str]) -> int:
@@ -447,17 +448,17 @@ def verify(records: Records) -> VerifyReport:
     for key in sorted(store.list("blobs")):
         name = key.rsplit("/", 1)[-1]
         if not is_sha(name) or key != blob_key(name):
-            report.problems.append(Problem(key, "not a blob name (blobs/<2 hex>/<sha256>)"))
+            report.problems.append(Problem(key, "not a blob name (blobs/<2 hex>/<64 hex>)"))
             continue
         try:
-            digest, size = _blob_digest(store, key)
+            found, size = _blob_digest(store, key, records.blob_hash)
         except FileNotFoundError:
             continue
         report.blobs += 1
         report.blob_bytes += size
         blob_sizes[name] = size
-        if digest != name:
-            bad_blobs[name] = f"content hashes to {digest[:12]}..., not its name: the blob was modified or truncated"
+        if found != name:
+            bad_blobs[name] = f"content hashes to {found[:12]}..., not its name: the blob was modified or truncated"
 
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
@@ -478,10 +479,8 @@ def verify(records: Records) -> VerifyReport:
             )
         elif not raw.endswith(b"."):
             report.problems.append(Problem(key, "the state pickle is truncated (no STOP opcode at its end)", sha))
-        elif isinstance(header.get("sha256"), str):
-            body = memoryview(raw)[raw.find(b"\n") + 1 :]
-            if hashlib.sha256(body).hexdigest() != header["sha256"]:
-                report.problems.append(Problem(key, "the state pickle does not match its checksum (modified)", sha))
+        elif not checksum_matches(header, memoryview(raw)[raw.find(b"\n") + 1 :]):
+            report.problems.append(Problem(key, "the state pickle does not match its checksum (modified)", sha))
         for name, size in header.get("blobs", []):
             users.setdefault(name, []).append(sha)
             bkey = blob_key(name)

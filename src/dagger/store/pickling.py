@@ -11,7 +11,7 @@ least ``threshold`` bytes leave the pickle "out of band":
 - torch storages (so every tensor and ``nn.Parameter`` viewing one storage
   still shares it after loading, and a GPU storage can be loaded on a CPU).
 
-Each such buffer is handed to a ``sink`` that names it by its SHA-256 and
+Each such buffer is handed to a ``sink`` that names it by its content hash and
 writes it once; the pickle records the list of names. Loading reads the
 blobs into writable buffers without copying them again.
 """
@@ -19,7 +19,6 @@ blobs into writable buffers without copying them again.
 from __future__ import annotations
 
 import copyreg
-import hashlib
 import io
 import pickle
 import sys
@@ -140,11 +139,6 @@ def loads(data: bytes | memoryview, blobs: Sequence[tuple[str, int]], source: Bl
         raise CorruptRecordError(f"the state pickle is truncated or corrupt ({exc})") from exc
     finally:
         _load_ctx.frame = previous
-
-
-def sha256_of(view: memoryview) -> str:
-    """The content name of a blob."""
-    return hashlib.sha256(view).hexdigest()
 
 
 class _LargeBytes:

@@ -4,7 +4,8 @@
 
     experiment.json                 what the experiment is (format, state class, root)
     states/ab/<sha>.pkl             one pickle per state (header line + pickle)
-    blobs/cd/<sha256>               content-addressed large buffers, shared by all states
+    blobs/cd/<hash>                 content-addressed large buffers, shared by all states
+                                    (named by BLAKE3, or SHA-256 in older experiments)
     meta/<sha>.<rev>.json           the commit record and slim metadata of a state
     index.json                      derived: every state's metadata in one file
     locks/<sha>.lock                advisory per-state locks
@@ -40,7 +41,7 @@ from dagger.errors import (
     StoreError,
 )
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import _fastio, pickling
+from dagger.store import _fastio, digest, pickling
 from dagger.store.base import Store
 
 # Bound of the in-memory copies of recently saved pickles (see Records._remember).
@@ -59,7 +60,7 @@ def is_sha(text: str) -> bool:
 
 
 def is_blob_name(text: str) -> bool:
-    """Whether ``text`` can name a blob (a SHA-256 in hex); stored names are checked before use."""
+    """Whether ``text`` can name a blob (a 256-bit hash in hex); stored names are checked before use."""
     return is_sha(text)
 
 
@@ -82,6 +83,15 @@ def new_rev() -> str:
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=str)
 
 
+def checksum_matches(header: dict[str, Any], data: Any) -> bool:
+    """Whether a pickle's bytes match the checksum in its header (True if it has none: older records)."""
+    for algorithm in digest.ALGORITHMS:
+        expected = header.get(algorithm)
+        if isinstance(expected, str):
+            return digest.hexdigest(algorithm, data) == expected
+    return True
+
+
 def encode_json(data: Any) -> bytes:
     return _JSON.encode(data).encode()
 
@@ -89,8 +99,15 @@ def encode_json(data: Any) -> bytes:
 class Records:
     """The experiment layout on top of a :class:`~dagger.store.base.Store`."""
 
-    def __init__(self, store: Store, blob_threshold: int = pickling.DEFAULT_THRESHOLD, verify_blobs: bool = True):
+    def __init__(
+        self,
+        store: Store,
+        blob_threshold: int = pickling.DEFAULT_THRESHOLD,
+        verify_blobs: bool = True,
+        blob_hash: str | None = None,
+    ):
         self.store = store
+        self._blob_hash = None if blob_hash is None else digest.check(blob_hash)
         self.blob_threshold = blob_threshold
         self.verify_blobs = verify_blobs
         self._known_blobs: set[str] = set()
@@ -113,6 +130,14 @@ class Records:
                 _, (old, _) = self._recent.popitem(last=False)
                 self._recent_bytes -= len(old) + _ENTRY_OVERHEAD
 
+    @property
+    def blob_hash(self) -> str:
+        """The algorithm that names this experiment's blobs (read once from ``experiment.json``)."""
+        if self._blob_hash is None and self.read_experiment() is None:
+            self._blob_hash = digest.DEFAULT  # a new experiment
+        assert self._blob_hash is not None
+        return self._blob_hash
+
     def forget_recent(self) -> None:
         """Drop the in-memory copies of recently saved pickles (the next loads read the store)."""
         with self._recent_lock:
@@ -128,6 +153,7 @@ class Records:
             return None
         info = _parse_json(raw, EXPERIMENT_KEY)
         _check_format(info, EXPERIMENT_KEY)
+        self._blob_hash = digest.check(info.get("blob_hash", digest.LEGACY), EXPERIMENT_KEY)
         return info
 
     def write_experiment(self, info: dict[str, Any]) -> None:
@@ -176,10 +202,10 @@ class Records:
 
     def _sink(self, view: memoryview) -> str:
         if view.nbytes >= _fastio.OVERLAP_MIN and _fastio.is_local(self.store):
-            name = _fastio.put_blob(self.store, view, blob_key)  # hashes while writing
+            name = _fastio.put_blob(self.store, view, blob_key, self.blob_hash)  # hashes while writing
             self._known_blobs.add(name)
             return name
-        name = pickling.sha256_of(view)
+        name = digest.hexdigest(self.blob_hash, view)
         # Always ask the store: a blob seen earlier may have been removed since by
         # `gc` in another process, and a state must never commit without its blobs.
         key = blob_key(name)
@@ -190,11 +216,11 @@ class Records:
 
     def _source(self, name: str, size: int) -> bytearray | memoryview:
         key = blob_key(name)
-        digest = None
+        found = None  # the content hash, where reading computed it already
         buf: bytearray | memoryview
         try:
             if size >= _fastio.OVERLAP_MIN and _fastio.is_local(self.store):
-                buf, digest = _fastio.get_blob(self.store, key, self.verify_blobs)  # hashes while reading
+                buf, found = _fastio.get_blob(self.store, key, self.blob_hash if self.verify_blobs else None)
             else:
                 buf = self.store.get_into(key)
         except FileNotFoundError:
@@ -202,7 +228,9 @@ class Records:
                 f"blob {key} is missing from the store; the state cannot be restored. "
                 "Run `dagger verify` to list every affected state, then recompute them."
             ) from None
-        if len(buf) != size or (self.verify_blobs and (digest or pickling.sha256_of(memoryview(buf))) != name):
+        if len(buf) != size or (
+            self.verify_blobs and (found or digest.hexdigest(self.blob_hash, memoryview(buf))) != name
+        ):
             raise CorruptRecordError(
                 f"blob {key} does not match its content hash (expected {size} bytes, found {len(buf)}): "
                 "it was modified or truncated. Run `dagger verify` and recompute the affected states."
@@ -214,8 +242,9 @@ class Records:
         try:
             data, blobs = pickling.dumps(obj, self._sink, self.blob_threshold)
             # The pickle's own checksum: any damage to it (not only truncation) is caught on restore.
-            checksum = pickling.sha256_of(memoryview(data))
-            header = encode_json({"format": FORMAT_VERSION, "blobs": blobs, "sha256": checksum}) + b"\n"
+            algorithm = self.blob_hash
+            checksum = digest.hexdigest(algorithm, data)
+            header = encode_json({"format": FORMAT_VERSION, "blobs": blobs, algorithm: checksum}) + b"\n"
             self.store.put(state_key(sha), header + data)
         except OSError as exc:
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
@@ -240,8 +269,7 @@ class Records:
             _check_format(header, key)
             blobs = _blob_list(header.get("blobs", []), key)
             data = memoryview(raw)[newline + 1 :]
-            checksum = header.get("sha256")
-            if self.verify_blobs and checksum is not None and pickling.sha256_of(memoryview(data)) != checksum:
+            if self.verify_blobs and not checksum_matches(header, data):
                 raise CorruptRecordError(
                     f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
                     f"truncated. {_recompute_hint(sha)}"
