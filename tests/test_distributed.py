@@ -438,3 +438,19 @@ def test_progress_counts_running_states_on_the_cluster(client, exp_dir, tmp_path
         runner.join(timeout=60)
     assert len(outcome["report"].computed) == 5
     assert stream.getvalue().splitlines()[-1].startswith("dagger: 5/5 done | 5 computed | 0 cached | 0 running")
+
+
+def test_state_tasks_are_marked_as_data_producers_with_their_dependencies_intact():
+    """Children read their parent from the store, so the scheduler may place them on any idle worker."""
+    import operator
+
+    import dask
+
+    from dagger.progress import _as_data_producers
+
+    graph = {"a": (operator.add, 1, 2), "b": (operator.mul, "a", 10), "c": (operator.add, "a", "b")}
+    marked = _as_data_producers(graph)
+    assert list(marked) == list(graph)
+    assert all(task.data_producer for task in marked.values())
+    assert {k: set(t.dependencies) for k, t in marked.items()} == {"a": set(), "b": {"a"}, "c": {"a", "b"}}
+    assert dask.get(marked, "c") == dask.get(graph, "c") == 33

@@ -188,7 +188,7 @@ class Progress:
     def _collect_distributed(self, client: Any, graph: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
         from distributed import as_completed
 
-        futures = client.get(graph, keys, sync=False)
+        futures = client.get(_as_data_producers(graph), keys, sync=False)
         by_key = {f.key: f for f in futures}
         finished: set[Any] = set()
         got: dict[Any, dict[str, Any]] = {}  # gathered as they finish: a lost worker may take results with it
@@ -262,3 +262,29 @@ def _lost(key: str, future: Any, task: Any = None) -> dict[str, Any]:
         "end": now,
         "duration": 0.0,
     }
+
+
+def _as_data_producers(graph: dict[str, Any]) -> dict[str, Any]:
+    """Mark every state task as a data producer, so the scheduler spreads them over idle workers.
+
+    A state's task hands its children only its hash: they load it from the store,
+    so where a parent ran does not matter. Left to itself, distributed sends each
+    child to the worker that holds its parent's (tiny) result, and a fan-out piles
+    up on one worker until work stealing moves some away. Data-producer (root-ish)
+    tasks go to the least busy worker instead. The marker is a private argument of
+    dask's task spec; where it does not exist the graph is submitted as it is.
+    """
+    try:
+        from dask._task_spec import Task, convert_legacy_task
+    except ImportError:  # pragma: no cover - a dask without the task spec
+        return graph
+    out: dict[str, Any] = {}
+    for key, task in graph.items():
+        node = convert_legacy_task(key, task, graph)
+        if isinstance(node, Task):
+            try:
+                node = Task(key, node.func, *node.args, _data_producer=True, **node.kwargs)
+            except TypeError:  # pragma: no cover - a dask without the marker
+                return graph
+        out[key] = node
+    return out
