@@ -194,250 +194,207 @@ def compare_states(
     """Every difference between two states, attribute by attribute (``attributes`` collects their names)."""
     a = {k: v for k, v in vars(stored).items() if k not in _INTERNAL}
     b = {k: v for k, v in vars(recomputed).items() if k not in _INTERNAL}
-    out: list[Difference] = []
+    comparer = _Comparer(rtol, atol)
     if type(stored) is not type(recomputed):
-        out.append(Difference("<state>", f"type {_tname(stored)} vs {_tname(recomputed)}"))
+        comparer.differ("<state>", f"type {_tname(stored)} vs {_tname(recomputed)}")
     for name in sorted(set(a) | set(b)):
         if attributes is not None:
             attributes.append(name)
         if name not in b:
-            out.append(Difference(name, "missing from the recomputed state"))
+            comparer.differ(name, "missing from the recomputed state")
         elif name not in a:
-            out.append(Difference(name, "not in the stored state"))
+            comparer.differ(name, "not in the stored state")
         else:
-            compare(a[name], b[name], rtol, atol, name, out, {}, 0)
-    return out
+            comparer.compare(a[name], b[name], name, 0)
+    return comparer.out
 
 
-def compare(
-    a: Any,
-    b: Any,
-    rtol: float,
-    atol: float,
-    path: str,
-    out: list[Difference],
-    seen: dict[tuple[int, int], Any],
-    depth: int,
-) -> None:
-    """Append to ``out`` every difference between ``a`` (stored) and ``b`` (recomputed)."""
-    if a is b:
-        return
-    if depth > _MAX_DEPTH:
-        return
-    key = (id(a), id(b))
-    if key in seen:
-        return
-    seen[key] = (a, b)  # keeps temporaries (state_dict(), ...) alive, so their ids are not reused
-    if _is_array(a) or _is_array(b):
-        return _compare_arrays(a, b, rtol, atol, path, out)
-    if _is_tensor(a) or _is_tensor(b):
-        return _compare_tensors(a, b, rtol, atol, path, out)
-    if type(a) is not type(b) and not (_is_number(a) and _is_number(b)):
-        out.append(Difference(path, f"type {_tname(a)} vs {_tname(b)}"))
-        return
-    if isinstance(a, (bool, str, bytes, bytearray, type(None), int)) and not isinstance(a, float):
-        if a != b:
-            out.append(Difference(path, f"{_short(a)} vs {_short(b)}"))
-        return
-    if _is_number(a):
-        _compare_numbers(a, b, rtol, atol, path, out)
-        return
-    if isinstance(a, dict):
-        _compare_dicts(a, b, rtol, atol, path, out, seen, depth)
-        return
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            out.append(Difference(path, f"length {len(a)} vs {len(b)}"))
+class _Comparer:
+    """Walks a stored (``a``) and a recomputed (``b``) value side by side, collecting differences.
+
+    ``seen`` pairs are compared once (shared and cyclic references); ``rtol`` and
+    ``atol`` loosen float comparisons as in ``numpy.isclose``.
+    """
+
+    def __init__(self, rtol: float, atol: float) -> None:
+        self.rtol = rtol
+        self.atol = atol
+        self.out: list[Difference] = []
+        # keeps temporaries (state_dict(), ...) alive, so that their ids are not reused
+        self.seen: dict[tuple[int, int], Any] = {}
+
+    @property
+    def exact(self) -> bool:
+        return self.rtol == 0 and self.atol == 0
+
+    def differ(self, path: str, detail: str, magnitude: float | None = None) -> None:
+        self.out.append(Difference(path, detail, magnitude))
+
+    def compare(self, a: Any, b: Any, path: str, depth: int) -> None:
+        if a is b or depth > _MAX_DEPTH:
             return
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            compare(x, y, rtol, atol, f"{path}[{i}]", out, seen, depth + 1)
-        return
-    if isinstance(a, (set, frozenset)):
-        if a != b:
-            out.append(Difference(path, f"{len(a ^ b)} member(s) differ"))
-        return
-    state_dict = getattr(a, "state_dict", None)
-    if callable(state_dict) and _torch_stateful(a):
-        compare(state_dict(), b.state_dict(), rtol, atol, f"{path}{{state_dict}}", out, seen, depth + 1)
-        if getattr(a, "training", None) != getattr(b, "training", None):
-            out.append(Difference(f"{path}.training", f"{a.training} vs {b.training}"))
-        return
-    _compare_objects(a, b, rtol, atol, path, out, seen, depth)
-
-
-def _compare_dicts(
-    a: dict[Any, Any],
-    b: dict[Any, Any],
-    rtol: float,
-    atol: float,
-    path: str,
-    out: list[Difference],
-    seen: dict[tuple[int, int], Any],
-    depth: int,
-) -> None:
-    try:
-        same_keys = set(a) == set(b)
-    except TypeError:
-        same_keys = False
-    if same_keys:
-        for k in a:
-            compare(a[k], b[k], rtol, atol, f"{path}[{k!r}]", out, seen, depth + 1)
-        return
-    if len(a) == len(b) and all(not isinstance(k, (str, int, float, bytes, tuple)) for k in a):
-        # keys are objects (e.g. tensors keying an optimizer's state): compare in order
-        for i, (x, y) in enumerate(zip(a.values(), b.values(), strict=True)):
-            compare(x, y, rtol, atol, f"{path}[#{i}]", out, seen, depth + 1)
-        return
-    try:
-        only_a, only_b = sorted(map(repr, set(a) - set(b))), sorted(map(repr, set(b) - set(a)))
-    except TypeError:
-        only_a, only_b = ["?"], ["?"]
-    out.append(Difference(path, f"keys differ: stored only {only_a[:5]}, recomputed only {only_b[:5]}"))
-
-
-def _compare_objects(
-    a: Any,
-    b: Any,
-    rtol: float,
-    atol: float,
-    path: str,
-    out: list[Difference],
-    seen: dict[tuple[int, int], Any],
-    depth: int,
-) -> None:
-    if callable(a) and not hasattr(a, "__dict__"):
-        if getattr(a, "__qualname__", repr(a)) != getattr(b, "__qualname__", repr(b)):
-            out.append(Difference(path, f"{_short(a)} vs {_short(b)}"))
-        return
-    bit_generator = getattr(a, "bit_generator", None)
-    if bit_generator is not None:  # numpy Generator
-        compare(bit_generator.state, b.bit_generator.state, rtol, atol, f"{path}.bit_generator", out, seen, depth + 1)
-        return
-    getstate = getattr(a, "getstate", None)
-    if callable(getstate) and type(a).__module__ == "random":
-        compare(getstate(), b.getstate(), rtol, atol, f"{path}.getstate()", out, seen, depth + 1)
-        return
-    if hasattr(a, "__dict__") and not isinstance(a, type):
-        compare_attrs = vars(a), vars(b)
-        _compare_dicts_as_attrs(compare_attrs[0], compare_attrs[1], rtol, atol, path, out, seen, depth)
-        return
-    try:
-        equal = a == b
-        if isinstance(equal, bool) and (equal or type(a).__eq__ is not object.__eq__):
-            if not equal:
-                out.append(Difference(path, f"{_short(a)} vs {_short(b)}"))
+        key = (id(a), id(b))
+        if key in self.seen:
             return
-    except Exception:  # noqa: BLE001 - fall through to the pickled form
-        pass
-    try:
-        ra, rb = a.__reduce_ex__(4), b.__reduce_ex__(4)
-    except Exception:  # noqa: BLE001
-        if repr(a) != repr(b):
-            out.append(Difference(path, f"{_short(a)} vs {_short(b)}"))
-        return
-    compare(list(ra[1:]), list(rb[1:]), rtol, atol, f"{path}<reduce>", out, seen, depth + 1)
+        self.seen[key] = (a, b)
+        if _is_array(a) or _is_array(b):
+            return self._arrays(a, b, path)
+        if _is_tensor(a) or _is_tensor(b):
+            return self._tensors(a, b, path)
+        if type(a) is not type(b) and not (_is_number(a) and _is_number(b)):
+            return self.differ(path, f"type {_tname(a)} vs {_tname(b)}")
+        if isinstance(a, (bool, str, bytes, bytearray, type(None), int)):
+            if a != b:
+                self.differ(path, f"{_short(a)} vs {_short(b)}")
+            return
+        if _is_number(a):
+            return self._numbers(a, b, path)
+        if isinstance(a, dict):
+            return self._dicts(a, b, path, depth)
+        if isinstance(a, (list, tuple)):
+            if len(a) != len(b):
+                return self.differ(path, f"length {len(a)} vs {len(b)}")
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                self.compare(x, y, f"{path}[{i}]", depth + 1)
+            return
+        if isinstance(a, (set, frozenset)):
+            if a != b:
+                self.differ(path, f"{len(a ^ b)} member(s) differ")
+            return
+        state_dict = getattr(a, "state_dict", None)
+        if callable(state_dict) and _torch_stateful(a):
+            self.compare(state_dict(), b.state_dict(), f"{path}{{state_dict}}", depth + 1)
+            if getattr(a, "training", None) != getattr(b, "training", None):
+                self.differ(f"{path}.training", f"{a.training} vs {b.training}")
+            return
+        self._objects(a, b, path, depth)
 
+    def _dicts(self, a: dict[Any, Any], b: dict[Any, Any], path: str, depth: int) -> None:
+        try:
+            same_keys = set(a) == set(b)
+        except TypeError:
+            same_keys = False
+        if same_keys:
+            for k in a:
+                self.compare(a[k], b[k], f"{path}[{k!r}]", depth + 1)
+            return
+        if len(a) == len(b) and all(not isinstance(k, (str, int, float, bytes, tuple)) for k in a):
+            # keys are objects (e.g. tensors keying an optimizer's state): compare in order
+            for i, (x, y) in enumerate(zip(a.values(), b.values(), strict=True)):
+                self.compare(x, y, f"{path}[#{i}]", depth + 1)
+            return
+        try:
+            only_a, only_b = sorted(map(repr, set(a) - set(b))), sorted(map(repr, set(b) - set(a)))
+        except TypeError:
+            only_a, only_b = ["?"], ["?"]
+        self.differ(path, f"keys differ: stored only {only_a[:5]}, recomputed only {only_b[:5]}")
 
-def _compare_dicts_as_attrs(
-    a: dict[str, Any],
-    b: dict[str, Any],
-    rtol: float,
-    atol: float,
-    path: str,
-    out: list[Difference],
-    seen: dict[tuple[int, int], Any],
-    depth: int,
-) -> None:
-    for name in sorted(set(a) | set(b)):
-        if name not in a or name not in b:
-            out.append(Difference(f"{path}.{name}", "missing on one side"))
+    def _objects(self, a: Any, b: Any, path: str, depth: int) -> None:
+        if callable(a) and not hasattr(a, "__dict__"):
+            if getattr(a, "__qualname__", repr(a)) != getattr(b, "__qualname__", repr(b)):
+                self.differ(path, f"{_short(a)} vs {_short(b)}")
+            return
+        bit_generator = getattr(a, "bit_generator", None)
+        if bit_generator is not None:  # numpy Generator
+            return self.compare(bit_generator.state, b.bit_generator.state, f"{path}.bit_generator", depth + 1)
+        getstate = getattr(a, "getstate", None)
+        if callable(getstate) and type(a).__module__ == "random":
+            return self.compare(getstate(), b.getstate(), f"{path}.getstate()", depth + 1)
+        if hasattr(a, "__dict__") and not isinstance(a, type):
+            attrs_a, attrs_b = vars(a), vars(b)
+            for name in sorted(set(attrs_a) | set(attrs_b)):
+                if name not in attrs_a or name not in attrs_b:
+                    self.differ(f"{path}.{name}", "missing on one side")
+                else:
+                    self.compare(attrs_a[name], attrs_b[name], f"{path}.{name}", depth + 1)
+            return
+        try:
+            equal = a == b
+            if isinstance(equal, bool) and (equal or type(a).__eq__ is not object.__eq__):
+                if not equal:
+                    self.differ(path, f"{_short(a)} vs {_short(b)}")
+                return
+        except Exception:  # noqa: BLE001 - fall through to the pickled form
+            pass
+        try:
+            ra, rb = a.__reduce_ex__(4), b.__reduce_ex__(4)
+        except Exception:  # noqa: BLE001
+            if repr(a) != repr(b):
+                self.differ(path, f"{_short(a)} vs {_short(b)}")
+            return
+        self.compare(list(ra[1:]), list(rb[1:]), f"{path}<reduce>", depth + 1)
+
+    def _numbers(self, a: Any, b: Any, path: str) -> None:
+        fa, fb = complex(a), complex(b)
+        if fa == fb or (_isnan(fa) and _isnan(fb)):
+            return
+        diff = abs(fa - fb)
+        if not math.isnan(diff) and diff <= self.atol + self.rtol * abs(fa):
+            return
+        self.differ(path, f"{a!r} vs {b!r}", diff)
+
+    def _arrays(self, a: Any, b: Any, path: str) -> None:
+        import numpy as np
+
+        if not (_is_array(a) and _is_array(b)):
+            return self.differ(path, f"type {_tname(a)} vs {_tname(b)}")
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return self.differ(path, f"dtype/shape {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
+        if a.dtype.kind in "fc":
+            if self.exact:
+                close = (a == b) | (np.isnan(a) & np.isnan(b))
+            else:
+                close = np.isclose(a, b, rtol=self.rtol, atol=self.atol, equal_nan=True)
+        elif a.dtype.kind in "iub":
+            if self.exact:
+                close = a == b
+            else:
+                close = np.isclose(a.astype(np.float64), b.astype(np.float64), rtol=self.rtol, atol=self.atol)
+        elif a.dtype.hasobject:
+            for i, (x, y) in enumerate(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True)):
+                self.compare(x, y, f"{path}.flat[{i}]", 1)
+            return
         else:
-            compare(a[name], b[name], rtol, atol, f"{path}.{name}", out, seen, depth + 1)
+            if a.tobytes() != b.tobytes():
+                self.differ(path, "bytes differ")
+            return
+        bad = int(np.size(close) - np.count_nonzero(close))
+        if bad:
+            with np.errstate(all="ignore"):
+                gap = np.abs(a.astype(np.complex128 if a.dtype.kind == "c" else np.float64) - b)
+                finite = gap[np.isfinite(gap)]
+                max_abs = float(finite.max()) if finite.size else float("nan")
+            self.differ(path, f"values differ at {bad} of {a.size} elements (max |a-b| = {max_abs:.3g})", max_abs)
 
+    def _tensors(self, a: Any, b: Any, path: str) -> None:
+        if not (_is_tensor(a) and _is_tensor(b)):
+            return self.differ(path, f"type {_tname(a)} vs {_tname(b)}")
+        ta, tb = a.detach().cpu(), b.detach().cpu()
+        if ta.dtype != tb.dtype or tuple(ta.shape) != tuple(tb.shape):
+            return self.differ(path, f"dtype/shape {ta.dtype}{list(ta.shape)} vs {tb.dtype}{list(tb.shape)}")
+        if ta.is_sparse or tb.is_sparse:
+            ta, tb = ta.to_dense(), tb.to_dense()
+        import torch
 
-def _compare_numbers(a: Any, b: Any, rtol: float, atol: float, path: str, out: list[Difference]) -> None:
-    fa, fb = complex(a), complex(b)
-    if fa == fb or (_isnan(fa) and _isnan(fb)):
-        return
-    diff = abs(fa - fb)
-    if not math.isnan(diff) and diff <= atol + rtol * abs(fa):
-        return
-    out.append(Difference(path, f"{a!r} vs {b!r}", diff))
+        if ta.dtype.is_floating_point or ta.dtype.is_complex:
+            if self.exact:
+                close = (ta == tb) | (torch.isnan(ta) & torch.isnan(tb))
+            else:
+                close = torch.isclose(ta, tb, rtol=self.rtol, atol=self.atol, equal_nan=True)
+        elif self.exact:
+            close = ta == tb
+        else:
+            close = torch.isclose(ta.double(), tb.double(), rtol=self.rtol, atol=self.atol)
+        bad = int(close.numel() - int(close.sum()))
+        if bad:
+            gap = (ta.double() - tb.double()).abs() if not ta.dtype.is_complex else (ta - tb).abs().double()
+            finite = gap[torch.isfinite(gap)]
+            max_abs = float(finite.max()) if finite.numel() else float("nan")
+            self.differ(path, f"values differ at {bad} of {ta.numel()} elements (max |a-b| = {max_abs:.3g})", max_abs)
 
 
 def _isnan(z: complex) -> bool:
     return math.isnan(z.real) or math.isnan(z.imag)
-
-
-def _compare_arrays(a: Any, b: Any, rtol: float, atol: float, path: str, out: list[Difference]) -> None:
-    import numpy as np
-
-    if not (_is_array(a) and _is_array(b)):
-        out.append(Difference(path, f"type {_tname(a)} vs {_tname(b)}"))
-        return
-    if a.dtype != b.dtype or a.shape != b.shape:
-        out.append(Difference(path, f"dtype/shape {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"))
-        return
-    if a.dtype.kind in "fc":
-        if rtol == 0 and atol == 0:
-            close = (a == b) | (np.isnan(a) & np.isnan(b))
-        else:
-            close = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
-    elif a.dtype.kind in "iub":
-        if rtol == 0 and atol == 0:
-            close = a == b
-        else:
-            close = np.isclose(a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol)
-    else:
-        if a.dtype.hasobject:
-            diffs: list[Difference] = []
-            for i, (x, y) in enumerate(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True)):
-                compare(x, y, rtol, atol, f"{path}.flat[{i}]", diffs, {}, 1)
-            out.extend(diffs)
-            return
-        if a.tobytes() != b.tobytes():
-            out.append(Difference(path, "bytes differ"))
-        return
-    bad = int(np.size(close) - np.count_nonzero(close))
-    if bad:
-        with np.errstate(all="ignore"):
-            gap = np.abs(a.astype(np.complex128 if a.dtype.kind == "c" else np.float64) - b)
-            finite = gap[np.isfinite(gap)]
-            max_abs = float(finite.max()) if finite.size else float("nan")
-        out.append(
-            Difference(path, f"values differ at {bad} of {a.size} elements (max |a-b| = {max_abs:.3g})", max_abs)
-        )
-
-
-def _compare_tensors(a: Any, b: Any, rtol: float, atol: float, path: str, out: list[Difference]) -> None:
-    if not (_is_tensor(a) and _is_tensor(b)):
-        out.append(Difference(path, f"type {_tname(a)} vs {_tname(b)}"))
-        return
-    ta, tb = a.detach().cpu(), b.detach().cpu()
-    if ta.dtype != tb.dtype or tuple(ta.shape) != tuple(tb.shape):
-        out.append(Difference(path, f"dtype/shape {ta.dtype}{list(ta.shape)} vs {tb.dtype}{list(tb.shape)}"))
-        return
-    if ta.is_sparse or tb.is_sparse:
-        ta, tb = ta.to_dense(), tb.to_dense()
-    import torch
-
-    if ta.dtype.is_floating_point or ta.dtype.is_complex:
-        if rtol == 0 and atol == 0:
-            close = (ta == tb) | (torch.isnan(ta) & torch.isnan(tb))
-        else:
-            close = torch.isclose(ta, tb, rtol=rtol, atol=atol, equal_nan=True)
-    elif rtol == 0 and atol == 0:
-        close = ta == tb
-    else:
-        close = torch.isclose(ta.double(), tb.double(), rtol=rtol, atol=atol)
-    bad = int(close.numel() - int(close.sum()))
-    if bad:
-        gap = (ta.double() - tb.double()).abs() if not ta.dtype.is_complex else (ta - tb).abs().double()
-        finite = gap[torch.isfinite(gap)]
-        max_abs = float(finite.max()) if finite.numel() else float("nan")
-        out.append(
-            Difference(path, f"values differ at {bad} of {ta.numel()} elements (max |a-b| = {max_abs:.3g})", max_abs)
-        )
 
 
 def _is_array(x: Any) -> bool:
