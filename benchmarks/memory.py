@@ -7,6 +7,8 @@ Two workloads, each run in a fresh subprocess whose own peak RSS
   its recipe updates in place, on ``"single-threaded"``. Target: peak < 3 x model.
 - ``fanout``: 20 children of one root, each holding such a model, on
   ``"threads"`` with ``--threads`` workers. Target: peak < (threads + 2) x model.
+- ``children``: the same 20 children of one root on ``"single-threaded"`` (the
+  performance issue's "children of a 200 MiB state run"). Target: peak <= 1.5 x model.
 
 A ``floor`` subprocess (imports, plus one model in memory) is measured in the
 same run, so the figures can be read against it. Prints one JSON line.
@@ -68,7 +70,7 @@ def child(kind: str, mb: int, states: int, threads: int, folder: str) -> None:
                 s = Step(step=i)(s)
             else:
                 Step(step=i)(root)
-        if kind == "chain":
+        if kind in ("chain", "children"):
             report = exp.run(scheduler="single-threaded", progress=False)
         else:
             report = exp.run(scheduler="threads", num_workers=threads, progress=False)
@@ -102,6 +104,7 @@ def main() -> None:
     floor = measure("floor", args)
     chain = measure("chain", args)
     fanout = measure("fanout", args)
+    children = measure("children", args)
     model = float(args.mb)
     print(
         json.dumps(
@@ -119,9 +122,14 @@ def main() -> None:
                 "fanout_peak_x_model": round(fanout["peak_mb"] / model, 2),
                 "fanout_target_x_model": args.threads + 2,
                 "fanout_seconds": round(fanout["seconds"], 2),
+                "children_peak_mb": round(children["peak_mb"], 1),
+                "children_peak_x_model": round(children["peak_mb"] / model, 2),
+                "children_target_x_model": 1.5,
+                "children_seconds": round(children["seconds"], 2),
                 "chain_over_floor": round(chain["peak_mb"] / floor["peak_mb"], 2),
                 "fanout_over_floor": round(fanout["peak_mb"] / floor["peak_mb"], 2),
-                "computed": {"chain": chain["computed"], "fanout": fanout["computed"]},
+                "children_over_floor": round(children["peak_mb"] / floor["peak_mb"], 2),
+                "computed": {"chain": chain["computed"], "fanout": fanout["computed"], "children": children["computed"]},
             }
         )
     )
