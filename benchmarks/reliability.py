@@ -192,7 +192,7 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "  last, after the pickle and its blobs. A kill at any instant leaves a complete state or none.",
         "- A state's blobs are checked against the store on every save (never against a cache that `gc` in",
         "  another process could have made stale), and re-hashed on every restore; each state pickle",
-        "  carries its own SHA-256 in its header, so any changed byte is caught on restore, not only truncation.",
+        "  carries its own checksum (BLAKE3) in its header, so any changed byte is caught on restore, not only truncation.",
         "- A stored file that is damaged, missing, from a newer dagger, or whose class cannot be imported",
         "  raises one precise error (`CorruptRecordError`, `FormatVersionError`, `CodeNotFoundError`) that",
         "  names the file and says what to do; browsing skips a damaged metadata record with a warning.",
