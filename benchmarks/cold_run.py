@@ -38,7 +38,7 @@ def main(n: int = 2000) -> dict:
         worst = max(worst, median(per_state))
     # Durability and locking options, measured apart on the chain: fsync=True flushes every
     # file to the device before its rename (power-loss durability; off by default), and
-    # locking=False skips the per-state lock files (safe only with one writer at a time).
+    # locking=False skips the per-state locks (safe only with one writer at a time).
     for label, options, size in (("fsync", {"fsync": True}, min(n, 1000)), ("no_locking", {"locking": False}, n)):
         per_state = []
         for _ in range(reps):

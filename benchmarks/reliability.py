@@ -196,7 +196,7 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "- A stored file that is damaged, missing, from a newer dagger, or whose class cannot be imported",
         "  raises one precise error (`CorruptRecordError`, `FormatVersionError`, `CodeNotFoundError`) that",
         "  names the file and says what to do; browsing skips a damaged metadata record with a warning.",
-        "- Locks are an optimisation: a lock whose owner process is gone is broken at once.",
+        "- Locks are an optimisation: the kernel drops a dead process's range locks, and a lock file whose owner process is gone is broken at once.",
         "- Leftovers of interrupted writes (temporary files, uncommitted pickles, unreferenced blobs) are",
         "  harmless and removed by `dagger gc`; `dagger verify` re-hashes and checks everything.",
         "",

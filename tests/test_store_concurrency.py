@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import collections
-import json
+import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from storedefs import build, expected_states, read_calls
 
 import dagger as dg
+from dagger.store.locks import RANGES_KEY
 
 HERE = os.path.dirname(__file__)
 SHAPE = {"data_mb": 1.0, "model_mb": 0.25, "width": 3, "depth": 2}
@@ -65,7 +65,8 @@ def test_four_processes_start_the_same_experiment_at_once(tmp_path):
     assert len(committed) == n
     pickles = exp.store.list("states")
     assert sorted(k.rsplit("/", 1)[-1].removesuffix(".pkl") for k in pickles) == sorted(committed)
-    assert exp.store.list("locks") == []
+    assert set(exp.store.list("locks")) <= {RANGES_KEY}  # no lock file is left behind
+    assert exp.gc(dry_run=True).live_locks == 0
     # blobs are shared by content: dataset once, one model per state
     assert report.blobs == n + 1
 
@@ -97,17 +98,28 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _hold_locks_until_killed(directory: str, keys: list[str], ready) -> None:
+    store = dg.Experiment(directory).store
+    locks = [store.lock(key, stale_after=3600) for key in keys]
+    assert all(lock.acquire(timeout=10) for lock in locks)
+    ready.send(len(locks))
+    time.sleep(600)
+
+
 @pytest.mark.timeout(120)
-def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
+def test_locks_of_a_killed_process_do_not_block(tmp_path):
     directory = str(tmp_path / "exp")
     exp, root, leaves = build(directory, data_mb=0.1, model_mb=0.1, width=1, depth=1)
-    pid = _dead_pid()
-    for promise in (root, leaves[0]):
-        owner = {"host": socket.gethostname(), "pid": pid, "time": time.time(), "token": "killed"}
-        path = os.path.join(directory, "locks", f"{promise.sha()}.lock")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(owner, f)
+    keys = [f"locks/{promise.sha()}.lock" for promise in (root, leaves[0])]
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    holder = ctx.Process(target=_hold_locks_until_killed, args=(directory, keys, child_end), daemon=True)
+    holder.start()
+    assert parent_end.poll(30) and parent_end.recv() == 2
+    assert exp.gc(dry_run=True).live_locks == 2  # both held by a live process
+    holder.kill()  # SIGKILL while it holds them, as a run killed mid-recipe would
+    holder.join()
+    assert exp.gc(dry_run=True).live_locks == 0
     script = textwrap.dedent(
         f"""
         import sys
@@ -120,7 +132,7 @@ def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2"]
-    assert os.listdir(os.path.join(directory, "locks")) == []
+    assert set(exp.store.list("locks")) <= {RANGES_KEY}
     assert set(exp.records.committed()) == {root.sha(), leaves[0].sha()}
     assert exp.verify().ok
 

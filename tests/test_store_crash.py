@@ -124,7 +124,7 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx):
         freed = gc(records)
         assert freed.counts()["unreachable_states"] == 0
         assert not os.path.isdir(os.path.join(directory, "tmp")) or not os.listdir(os.path.join(directory, "tmp"))
-        assert not os.listdir(os.path.join(directory, "locks"))
+        assert set(os.listdir(os.path.join(directory, "locks"))) <= {"states.ranges"}  # no lock file left
         stats["tmp files removed by gc"] += freed.counts()["tmp"]
         stats["uncommitted pickles removed by gc"] += freed.counts()["orphan_pickles"]
         after = verify(records)

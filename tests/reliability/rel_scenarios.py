@@ -26,6 +26,7 @@ import numpy as np
 
 import dagger as dg
 from dagger.store import LocalStore, digest
+from dagger.store.maintenance import gc
 from dagger.store.records import Records, is_sha
 
 FORK = multiprocessing.get_context("fork")
@@ -259,14 +260,24 @@ def _hold_lock_then_wait(directory: str, sha: str, ready: Any) -> None:
     os._exit(0)
 
 
-def orphan_lock(directory: str, sha: str) -> None:
-    """Leave behind the lock of ``sha`` as a process killed while computing it would."""
+def live_locks(directory: str) -> int:
+    """How many state locks live processes hold (as ``gc`` counts them)."""
+    return gc(Records(LocalStore(directory)), dry_run=True).live_locks
+
+
+def orphan_lock(directory: str, sha: str) -> int:
+    """Leave behind the lock of ``sha`` as a process killed while computing it would.
+
+    Returns how many locks were live just before the kill (1: the holder really held it).
+    """
     parent_end, child_end = FORK.Pipe(duplex=False)
     proc = FORK.Process(target=_hold_lock_then_wait, args=(directory, sha, child_end), daemon=True)
     proc.start()
     child_end.close()
     wait_ready(proc, parent_end)
+    held = live_locks(directory)
     kill(proc)
+    return held
 
 
 # ---- a store whose disk fails -------------------------------------------------------------

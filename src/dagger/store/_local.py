@@ -142,10 +142,15 @@ class LocalStore(Store):
             return []
 
     def lock(self, key: str, stale_after: float):  # type: ignore[override]
-        from dagger.store.locks import FileLock
+        from dagger.store.locks import RANGE_LOCKS, RANGES_KEY, FileLock, RangeLock
 
-        self._ensure_dir(os.path.dirname(self._path(key)))
-        return FileLock(self._path(key), stale_after)
+        def file_lock() -> FileLock:
+            self._ensure_dir(os.path.dirname(self._path(key)))
+            return FileLock(self._path(key), stale_after)
+
+        if RANGE_LOCKS:
+            return RangeLock(self._path(RANGES_KEY), key, file_lock)
+        return file_lock()
 
 
 def _discard(path: str) -> None:

@@ -1,19 +1,37 @@
 """Advisory per-state locks, so that concurrent runs compute each state once.
 
-A lock is a small file holding its owner (host, pid, time). Locks are only an
-optimisation: states are written atomically and content-addressed, so two
-writers of one hash are harmless. A lock whose owner died (its pid is gone on
-this host) or that is older than ``stale_after`` seconds is broken, so a
-killed process never blocks anyone forever.
+Locks are only an optimisation: states are written atomically and
+content-addressed, so two writers of one hash are harmless. Two kinds:
+
+- :class:`RangeLock` (local folders on Linux): a POSIX byte-range lock on one
+  shared file, ``locks/states.ranges``, at an offset derived from the state's
+  key. Taking and releasing it writes nothing to disk (a lock file per state
+  cost as much as writing the state's pickle), and the kernel drops the locks
+  of a process that dies, so a killed run never leaves a lock behind.
+- :class:`FileLock` / :class:`KeyLock`: a small file holding its owner (host,
+  pid, time), for other platforms and remote stores. A lock whose owner died
+  (its pid is gone on this host) or that is older than ``stale_after`` seconds
+  is broken, so a killed process never blocks anyone forever.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import socket
+import struct
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: lock files only
+    fcntl = None  # type: ignore[assignment]
 
 from dagger.store.base import Lock, Store
 
@@ -144,3 +162,160 @@ class KeyLock(Lock):
         if self.token is not None:
             self.token = None
             self.store.delete(self.key)
+
+
+# ---- kernel byte-range locks -------------------------------------------------------------------
+
+#: The file whose byte ranges lock states, relative to the store's root.
+RANGES_KEY = "locks/states.ranges"
+#: Where kernel range locks are used (F_GETLK's struct layout below is Linux's).
+RANGE_LOCKS = sys.platform.startswith("linux") and fcntl is not None
+_NOT_SUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
+
+
+class _RangeFile:
+    """This process's one descriptor of a range-lock file, and which offsets its threads hold.
+
+    POSIX locks belong to a process, not a thread, and closing any descriptor
+    of the file drops all of them; so the file is opened once per process and
+    never closed, and threads of one process exclude each other here.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.ino = -1
+        self.busy: set[int] = set()
+        self.cond = threading.Condition()
+
+    def descriptor(self) -> int:
+        """The open descriptor, reopened if the file was replaced (a folder deleted and made again)."""
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            ino = -2
+        if ino != self.ino:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # The old descriptor stays open: closing it would drop this process's other locks on it.
+            self.fd, self.ino = fd, os.fstat(fd).st_ino
+        return self.fd
+
+
+_RANGE_FILES: dict[str, _RangeFile] = {}
+_RANGE_FILES_LOCK = threading.Lock()
+
+
+def _range_file(path: str) -> _RangeFile:
+    with _RANGE_FILES_LOCK:
+        rf = _RANGE_FILES.get(path)
+        if rf is None:
+            rf = _RANGE_FILES[path] = _RangeFile(path)
+        return rf
+
+
+def _after_fork_in_child() -> None:
+    # A forked child holds none of its parent's POSIX locks, nor its threads' claims.
+    global _RANGE_FILES_LOCK
+    _RANGE_FILES_LOCK = threading.Lock()
+    for rf in _RANGE_FILES.values():
+        rf.busy = set()
+        rf.cond = threading.Condition()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def range_offset(key: str) -> int:
+    """The byte that locks ``key`` (62 bits of its hash: distinct keys practically never share one)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 2
+
+
+class RangeLock(Lock):
+    """A kernel byte-range lock at ``range_offset(key)`` of the file ``path``.
+
+    Where the file system does not support POSIX locks (some network file
+    systems), it falls back to ``fallback()``, a :class:`FileLock`.
+    """
+
+    def __init__(self, path: str, key: str, fallback: Callable[[], Lock]) -> None:
+        self.path = path
+        self.offset = range_offset(key)
+        self.fallback = fallback
+        self.delegate: Lock | None = None
+        self.fd = -1
+        self.held = False
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rf = _range_file(self.path)
+        with rf.cond:
+            while self.offset in rf.busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                rf.cond.wait(0.2 if remaining is None else min(remaining, 0.2))
+            rf.busy.add(self.offset)
+        try:
+            delay = 0.005
+            while True:
+                fd = rf.descriptor()
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self.offset, os.SEEK_SET)
+                except OSError as exc:
+                    if exc.errno in _NOT_SUPPORTED:
+                        self._release_claim(rf)
+                        self.delegate = self.fallback()
+                        return self.delegate.acquire(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                else:
+                    self.fd, self.held = fd, True
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._release_claim(rf)
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        except BaseException:
+            self._release_claim(rf)
+            raise
+
+    def _release_claim(self, rf: _RangeFile) -> None:
+        with rf.cond:
+            rf.busy.discard(self.offset)
+            rf.cond.notify_all()
+
+    def release(self) -> None:
+        if self.delegate is not None:
+            self.delegate.release()
+            self.delegate = None
+            return
+        if not self.held:
+            return
+        self.held = False
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.offset, os.SEEK_SET)
+        finally:
+            self._release_claim(_range_file(self.path))
+
+
+def range_holders(path: str, limit: int = 100_000) -> int:
+    """How many state locks are held in ``path``: by this process's threads and by other processes."""
+    if not (RANGE_LOCKS and os.path.exists(path)):
+        return 0
+    rf = _range_file(path)
+    fd = rf.descriptor()  # never a new descriptor: closing one would drop our own locks
+    with rf.cond:
+        count = len(rf.busy)  # the kernel does not report this process's own locks
+    start = 0
+    while count < limit:  # other processes' locks, one F_GETLK per lock found
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, 0, 0)
+        kind, _, found, length, _ = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+        if kind == fcntl.F_UNLCK:
+            break
+        count += 1
+        start = found + max(length, 1)
+    return count

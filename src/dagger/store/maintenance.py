@@ -30,7 +30,7 @@ from dagger.hashing import FORMAT_VERSION
 from dagger.store import digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store
-from dagger.store.locks import _is_stale
+from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
 from dagger.store.records import (
     _META_NAME,
     EXPERIMENT_KEY,
@@ -251,7 +251,11 @@ def _blob_digest(store: Store, key: str, algorithm: str) -> tuple[str, int]:
 def _live_locks(store: Store, stale: list[str]) -> int:
     """Count live locks; append stale (or half-broken) lock keys to ``stale``."""
     live = 0
+    if isinstance(store, LocalStore):
+        live += range_holders(store._path(RANGES_KEY))  # kernel locks: only live processes hold them
     for key in store.list("locks"):
+        if key == RANGES_KEY:
+            continue
         if not key.endswith(".lock"):
             stale.append(key)  # a ".stale" leftover of breaking a lock
             continue

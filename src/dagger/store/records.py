@@ -8,7 +8,7 @@
                                     (named by BLAKE3, or SHA-256 in older experiments)
     meta/<sha>.<rev>.json           the commit record and slim metadata of a state
     index.json                      derived: every state's metadata in one file
-    locks/<sha>.lock                advisory per-state locks
+    locks/states.ranges             advisory per-state locks (kernel byte ranges; see dagger.store.locks)
     tmp/                            in-flight writes (removed by gc)
 
 A state exists once its ``meta`` record exists. The record is written last,
