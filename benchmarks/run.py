@@ -286,51 +286,39 @@ same load; it is not part of this page because it needs that second copy.
 """
 
 
-SUMMARY = [
-    ("cold run, per state (slowest of chain, fan, tree)", "cold_run", "worst_ms_per_state", "ms", 0.25, "1.0-1.4 ms"),
-    ("fully cached rerun in a fresh process, per state", "cached_rerun", "worst_ms_per_state", "ms", 0.03, "0.18-0.39 ms"),
-    ("defining a 4,000-state chain", "define", "chain_4000_s", "s", 0.2, "3.5 s"),
-    ("... its memory (resident growth)", "define", "chain_4000_rss_mib", "MiB", 60, "492 MiB"),
-    ("`Experiment.restore(slim=True)` of 10,000 states", "restore", "restore_s", "s", 0.1, "0.31 s"),
-    ("tag query over 5,000 states (slowest query)", "tag_query", "worst_ms", "ms", 5.0, "18 ms"),
-    ("disk for 6 states sharing 200 MB (x unique bytes)", "disk_usage", "ratio", "x", 1.1, "6.0x"),
-    ("peak memory while 20 children of a 200 MB state run (x data)", "memory", "children_peak_x_model", "x", 1.5, "3.2x"),
+# (label, script, key, unit, "<=" or ">=", target, reference)
+TargetRow = tuple[str, str, str, str, str, float, str]
+
+SUMMARY: list[TargetRow] = [
+    ("cold run, per state (slowest of chain, fan, tree)", "cold_run", "worst_ms_per_state", "ms", "<=", 0.25, "1.0-1.4 ms"),
+    ("fully cached rerun in a fresh process, per state", "cached_rerun", "worst_ms_per_state", "ms", "<=", 0.03, "0.18-0.39 ms"),
+    ("defining a 4,000-state chain", "define", "chain_4000_s", "s", "<=", 0.2, "3.5 s"),
+    ("... its memory (resident growth)", "define", "chain_4000_rss_mib", "MiB", "<=", 60, "492 MiB"),
+    ("`Experiment.restore(slim=True)` of 10,000 states", "restore", "restore_s", "s", "<=", 0.1, "0.31 s"),
+    ("tag query over 5,000 states (slowest query)", "tag_query", "worst_ms", "ms", "<=", 5.0, "18 ms"),
+    ("disk for 6 states sharing 200 MB (x unique bytes)", "disk_usage", "ratio", "x", "<=", 1.1, "6.0x"),
+    ("peak memory while 20 children of a 200 MB state run (x data)", "memory", "children_peak_x_model", "x", "<=", 1.5, "3.2x"),
+]
+
+# Targets of the store and scale-out issues, and the rest of issue 7's table.
+OTHER_TARGETS: list[TargetRow] = [
+    ("save 1 GiB / raw write of the same bytes", "store_throughput", "write_ratio", "x", ">=", 0.70, ""),
+    ("restore 1 GiB / raw read of the same bytes", "store_throughput", "read_ratio", "x", ">=", 0.70, ""),
+    ("8 CPU-bound recipes, `processes` vs single-threaded", "parallel_speed", "speedup_processes", "x", ">=", 1.7, "fails"),
+    ("... 2-worker LocalCluster vs single-threaded", "parallel_speed", "speedup_local_cluster", "x", ">=", 1.7, ""),
+    ("peak memory, chain of 20 x 200 MB, single-threaded", "memory", "chain_peak_x_model", "x model", "<=", 3, ""),
+    ("peak memory, fan-out of 20 x 200 MB, 2 threads", "memory", "fanout_peak_x_model", "x model", "<=", 4, ""),
 ]
 
 
-def _summary(results: list[dict[str, Any]]) -> list[str]:
+def _target_table(results: list[dict[str, Any]], rows: list[TargetRow]) -> list[str]:
     by_name = {r.get("_script"): r for r in results}
     out = ["| workload | figure | target | met | reference |", "|---|---|---|---|---|"]
-    for label, name, key, unit, target, reference in SUMMARY:
-        value = by_name.get(name, {}).get(key)
-        if value is not None:
-            out.append(f"| {label} | {_f(value)} {unit} | <= {_f(target)} {unit} | {_ok(value, target)} | {reference} |")
-    for r in results:
-        if r.get("_script") not in {n for _, n, *_ in SUMMARY} and isinstance(r.get("meets_target"), bool):
-            out.append(f"| {r['_script'].replace('_', ' ')} | see below | (in the script) | {_f(r['meets_target'])} | |")
-    return out if len(out) > 2 else []
-
-
-# Targets of the store and scale-out issues: (label, script, key, unit, at least?, target, reference)
-OTHER_TARGETS = [
-    ("save 1 GiB / raw write of the same bytes", "store_throughput", "write_ratio", "x", True, 0.70, ""),
-    ("restore 1 GiB / raw read of the same bytes", "store_throughput", "read_ratio", "x", True, 0.70, ""),
-    ("8 CPU-bound recipes, `processes` vs single-threaded", "parallel_speed", "speedup_processes", "x", True, 1.7, "fails"),
-    ("... 2-worker LocalCluster vs single-threaded", "parallel_speed", "speedup_local_cluster", "x", True, 1.7, ""),
-    ("peak memory, chain of 20 x 200 MB, single-threaded", "memory", "chain_peak_x_model", "x model", False, 3, ""),
-    ("peak memory, fan-out of 20 x 200 MB, 2 threads", "memory", "fanout_peak_x_model", "x model", False, 4, ""),
-]
-
-
-def _other_targets(results: list[dict[str, Any]]) -> list[str]:
-    by_name = {r.get("_script"): r for r in results}
-    out = ["| workload | figure | target | met | reference |", "|---|---|---|---|---|"]
-    for label, name, key, unit, at_least, target, reference in OTHER_TARGETS:
+    for label, name, key, unit, sign, target, reference in rows:
         value = by_name.get(name, {}).get(key)
         if value is None:
             continue
-        met = value >= target if at_least else value <= target
-        sign = ">=" if at_least else "<="
+        met = value >= target if sign == ">=" else value <= target
         out.append(f"| {label} | {_f(value)} {unit} | {sign} {_f(target)} {unit} | {_f(met)} | {reference} |")
     return out if len(out) > 2 else []
 
@@ -377,10 +365,10 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], started: str, to
         "cost is reported separately below.",
         "",
     ]
-    summary = _summary(results)
+    summary = _target_table(results, SUMMARY)
     if summary:
         lines += ["## Targets (issue 7)", ""] + summary + [""] + _cold_floor_note(results)
-    other = _other_targets(results)
+    other = _target_table(results, OTHER_TARGETS)
     if other:
         lines += ["## Other targets (store, scale-out and the rest of issue 7)", ""] + other + [""]
     lines += [PROFILE_NOTES]

@@ -70,6 +70,16 @@ def _is_stale(raw: bytes, stale_after: float, file_age: float | None = None) -> 
         return file_age is None or file_age > UNREADABLE_GRACE_S
 
 
+def _retry(attempt: Callable[[], bool], deadline: float | None, delay: float = 0.005, longest: float = 0.2) -> bool:
+    """Call ``attempt`` until it succeeds (True) or ``deadline`` (monotonic) passes (False), backing off."""
+    while not attempt():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, longest)
+    return True
+
+
 class FileLock(Lock):
     """A lock file created with ``O_CREAT | O_EXCL`` (atomic on local file systems)."""
 
@@ -103,14 +113,8 @@ class FileLock(Lock):
 
     def acquire(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while not self._try():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-        self.held = True
-        return True
+        self.held = _retry(self._try, deadline)
+        return self.held
 
     def release(self) -> None:
         if self.held:
@@ -152,11 +156,7 @@ class KeyLock(Lock):
 
     def acquire(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._try():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return _retry(self._try, deadline, delay=0.05, longest=0.05)
 
     def release(self) -> None:
         if self.token is not None:
@@ -172,6 +172,10 @@ RANGES_KEY = "locks/states.ranges"
 RANGE_LOCKS = sys.platform.startswith("linux") and fcntl is not None
 _NOT_SUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
+
+
+class _Unsupported(Exception):
+    """The file system has no POSIX locks."""
 
 
 class _RangeFile:
@@ -259,29 +263,30 @@ class RangeLock(Lock):
                 rf.cond.wait(0.2 if remaining is None else min(remaining, 0.2))
             rf.busy.add(self.offset)
         try:
-            delay = 0.005
-            while True:
-                fd = rf.descriptor()
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self.offset, os.SEEK_SET)
-                except OSError as exc:
-                    if exc.errno in _NOT_SUPPORTED:
-                        self._release_claim(rf)
-                        self.delegate = self.fallback()
-                        return self.delegate.acquire(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
-                else:
-                    self.fd, self.held = fd, True
-                    return True
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._release_claim(rf)
-                    return False
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            self.held = _retry(lambda: self._try(rf), deadline)
+        except _Unsupported:
+            self._release_claim(rf)
+            self.delegate = self.fallback()
+            return self.delegate.acquire(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except BaseException:
             self._release_claim(rf)
             raise
+        if not self.held:
+            self._release_claim(rf)
+        return self.held
+
+    def _try(self, rf: _RangeFile) -> bool:
+        fd = rf.descriptor()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self.offset, os.SEEK_SET)
+        except OSError as exc:
+            if exc.errno in _NOT_SUPPORTED:
+                raise _Unsupported from exc
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            return False
+        self.fd = fd
+        return True
 
     def _release_claim(self, rf: _RangeFile) -> None:
         with rf.cond:
