@@ -193,11 +193,21 @@ def recover(directory: str, **kwargs: Any) -> tuple[dg.RunReport, float]:
     return report, time.perf_counter() - t0
 
 
-def kill_trial(directory: str, rng: random.Random, window: float, **kwargs: Any) -> dict[str, Any]:
-    """Run the workload, SIGKILL it after a random delay, audit the folder, then recover."""
+def kill_trial(
+    directory: str, rng: random.Random, window: float, after_first_commit: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """Run the workload, SIGKILL it after a random delay, audit the folder, then recover.
+
+    With ``after_first_commit`` the delay starts when the first state is committed
+    (and is at most half the window), so the kill lands mid-run however much
+    slower than the calibration runs this one goes on a loaded machine.
+    """
     proc, conn = start_runner(directory, **kwargs)
     wait_ready(proc, conn)
-    delay = rng.uniform(0.0, window)
+    delay = rng.uniform(0.0, window / 2 if after_first_commit else window)
+    if after_first_commit:
+        while proc.is_alive() and not committed(directory):
+            time.sleep(0.0005)
     time.sleep(delay)
     kill(proc)
     before = committed(directory)

@@ -25,7 +25,10 @@ def window(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, window):
     rng = random.Random(SEED)
-    results = [sc.kill_trial(str(tmp_path / f"trial{i}"), rng, window) for i in range(TRIALS)]
+    # odd trials time the kill from the first commit, so some kills surely land mid-run under load
+    results = [
+        sc.kill_trial(str(tmp_path / f"trial{i}"), rng, window, after_first_commit=i % 2 == 1) for i in range(TRIALS)
+    ]
     for r in results:
         assert r["problems"] == []
         assert r["corrupt"] == 0
