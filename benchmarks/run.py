@@ -18,8 +18,10 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -419,11 +421,21 @@ def main(argv: list[str]) -> int:
     started = _now()
     t0 = time.perf_counter()
     results = []
-    for name in names:
-        print(f"# {name} ...", file=sys.stderr, flush=True)
-        result = run_script(name, timeout=float(os.environ.get("DAGGER_BENCH_TIMEOUT", 1800)))
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
-        results.append(result)
+    # One folder for every script's experiments, removed only once all have run (see the
+    # note on removal in _common.py: mass deletion slows file creation for minutes).
+    base = os.environ.get("DAGGER_BENCH_DIR") or os.path.join(ROOT, "runs", "bench")
+    os.makedirs(base, exist_ok=True)
+    session = tempfile.mkdtemp(prefix="session-", dir=base)
+    os.environ["DAGGER_BENCH_SESSION"] = session
+    try:
+        for name in names:
+            print(f"# {name} ...", file=sys.stderr, flush=True)
+            result = run_script(name, timeout=float(os.environ.get("DAGGER_BENCH_TIMEOUT", 1800)))
+            print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
+            results.append(result)
+    finally:
+        del os.environ["DAGGER_BENCH_SESSION"]
+        shutil.rmtree(session, ignore_errors=True)
     total = time.perf_counter() - t0
     if wanted:  # a partial run: keep the page's figures for the scripts not rerun
         kept = previous_results()
