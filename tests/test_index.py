@@ -58,6 +58,16 @@ def test_fresh_index_reads_no_metadata_file(stored):
     assert len(truth(stored)) == 5
 
 
+def test_index_holds_each_commit_record_as_written(stored):
+    # The index embeds the text of the commit records written in the run (plus their rev),
+    # rather than encoding the metadata again: it must equal each record read back.
+    with open(os.path.join(stored, rec.INDEX_KEY), "rb") as f:
+        metas = json.loads(f.read())["metas"]
+    expected = truth(stored)
+    assert {m["sha"]: m for m in metas} == expected
+    assert any(m.get("results") for m in metas)  # with the records that Functions rewrote
+
+
 def test_missing_index_is_rebuilt(stored):
     os.remove(os.path.join(stored, rec.INDEX_KEY))
     store = assert_consistent(stored)

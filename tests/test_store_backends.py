@@ -38,3 +38,19 @@ class TestS3Store(StoreTests):
     def store(self, s3_location):
         url, options = s3_location
         return FsspecStore(url, **options)
+
+
+def test_local_uncommitted_write_skips_the_rename_only_for_a_new_key(tmp_path, monkeypatch):
+    import os
+
+    store = LocalStore(str(tmp_path / "store"))
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
+    store.put_uncommitted("states/a.pkl", b"new")  # written in place: one file, no rename
+    assert renames == []
+    assert store.get("states/a.pkl") == b"new"
+    store.put_uncommitted("states/a.pkl", b"replaced")  # already there: tmp file + atomic rename
+    assert renames == [str(tmp_path / "store" / "states" / "a.pkl")]
+    assert store.get("states/a.pkl") == b"replaced"
+    assert store.temp_keys() == []

@@ -24,6 +24,8 @@ def check_key(key: str) -> str:
     Keys are built from stored values (hashes, blob names); a record that was
     edited or forged must never make dagger read, write or delete elsewhere.
     """
+    if type(key) is str and ".." not in key and key[:1] not in ("/", "\\", ""):
+        return key  # the common case, decided without splitting the key
     if not isinstance(key, str) or key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
         raise CorruptRecordError(
             f"refusing the store key {key!r}: it would point outside the experiment folder. It comes from a "
@@ -83,6 +85,17 @@ class Store(abc.ABC):
             return False
         self.put(key, data)
         return True
+
+    def put_uncommitted(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` at ``key``, which nothing may read before a later write commits it.
+
+        A state's pickle is such a value: it counts only once its commit record
+        is written, after it. Backends may then skip what makes ``put`` atomic
+        where nothing is at ``key`` yet (a crash can leave a torn value there,
+        which no record refers to, a later ``put`` replaces and ``gc``
+        removes); a value already there is replaced atomically, as by ``put``.
+        """
+        self.put(key, data)
 
     def temp_keys(self) -> builtins.list[str]:
         """Leftovers of interrupted writes, for ``gc``."""

@@ -46,12 +46,18 @@ def check(algorithm: Any, where: str = "experiment.json") -> str:
     return str(algorithm)
 
 
+_BLAKE3: Any = None
+
+
 def hasher(algorithm: str) -> Hasher:
     """A new incremental hasher (``update``, ``hexdigest``)."""
+    global _BLAKE3
     if algorithm == "blake3":
-        from blake3 import blake3
+        if _BLAKE3 is None:
+            from blake3 import blake3
 
-        return blake3()  # type: ignore[no-any-return]
+            _BLAKE3 = blake3
+        return _BLAKE3()  # type: ignore[no-any-return]
     return hashlib.new(check(algorithm))
 
 

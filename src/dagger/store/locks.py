@@ -189,21 +189,19 @@ class _RangeFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = -1
-        self.ino = -1
         self.busy: set[int] = set()
         self.cond = threading.Condition()
 
     def descriptor(self) -> int:
-        """The open descriptor, reopened if the file was replaced (a folder deleted and made again)."""
-        try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            ino = -2
-        if ino != self.ino:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            # The old descriptor stays open: closing it would drop this process's other locks on it.
-            self.fd, self.ino = fd, os.fstat(fd).st_ino
+        """The open descriptor, reopened if the file was removed (a folder deleted and made again).
+
+        ``fstat`` on the open descriptor tells (no link left) without walking the path each time.
+        """
+        if self.fd >= 0 and os.fstat(self.fd).st_nlink > 0:
+            return self.fd
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # The old descriptor stays open: closing it would drop this process's other locks on it.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         return self.fd
 
 
@@ -212,6 +210,9 @@ _RANGE_FILES_LOCK = threading.Lock()
 
 
 def _range_file(path: str) -> _RangeFile:
+    rf = _RANGE_FILES.get(path)
+    if rf is not None:
+        return rf
     with _RANGE_FILES_LOCK:
         rf = _RANGE_FILES.get(path)
         if rf is None:
@@ -263,7 +264,7 @@ class RangeLock(Lock):
                 rf.cond.wait(0.2 if remaining is None else min(remaining, 0.2))
             rf.busy.add(self.offset)
         try:
-            self.held = _retry(lambda: self._try(rf), deadline)
+            self.held = self._try(rf) or _retry(lambda: self._try(rf), deadline)
         except _Unsupported:
             self._release_claim(rf)
             self.delegate = self.fallback()

@@ -116,6 +116,9 @@ class Records:
         self._recent: OrderedDict[str, tuple[bytes, list[tuple[str, int]]]] = OrderedDict()
         self._recent_bytes = 0
         self._recent_lock = threading.Lock()
+        # The JSON text of each commit record this process wrote since the last index write,
+        # as ``{sha: (rev, text)}``: the index embeds the same text instead of encoding it again.
+        self._written: dict[str, tuple[str, str]] = {}
 
     def _remember(self, sha: str, data: bytes, blobs: list[tuple[str, int]]) -> None:
         size = len(data) + _ENTRY_OVERHEAD
@@ -143,6 +146,7 @@ class Records:
         with self._recent_lock:
             self._recent.clear()
             self._recent_bytes = 0
+        self._written = {}
 
     # ---- experiment record ---------------------------------------------------
 
@@ -192,7 +196,9 @@ class Records:
         if old_rev is not None and rev <= old_rev:
             rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
         body = {k: v for k, v in meta.items() if k != "rev"}
-        self.store.put(meta_key(meta["sha"], rev), encode_json(body))
+        text = _JSON.encode(body)
+        self.store.put(meta_key(meta["sha"], rev), text.encode())
+        self._written[meta["sha"]] = (rev, text)  # the index reuses the text (see write_index)
         if old_rev is not None:
             self.store.delete(meta_key(meta["sha"], old_rev))
         meta["rev"] = rev
@@ -244,8 +250,11 @@ class Records:
             # The pickle's own checksum: any damage to it (not only truncation) is caught on restore.
             algorithm = self.blob_hash
             checksum = digest.hexdigest(algorithm, data)
-            header = encode_json({"format": FORMAT_VERSION, "blobs": blobs, algorithm: checksum}) + b"\n"
-            self.store.put(state_key(sha), header + data)
+            # The header is JSON; written by hand (no encoder call per state), as `_parse_json` reads it.
+            listed = encode_json(blobs).decode() if blobs else "[]"
+            header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
+            # Not read before its commit record is written (write_meta), so it need not be atomic.
+            self.store.put_uncommitted(state_key(sha), header + data)
         except OSError as exc:
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
         self._remember(sha, data, blobs)
@@ -337,8 +346,9 @@ class Records:
         return self.load_index(on_corrupt).all_meta()
 
     def write_index(self, metas: Iterable[dict[str, Any]]) -> None:
+        written, self._written = self._written, {}
         try:
-            self.store.put(INDEX_KEY, index_bytes(metas))
+            self.store.put(INDEX_KEY, index_bytes(metas, written))
         except OSError:
             pass  # the index is an optimisation; the records are the truth
 
@@ -394,8 +404,17 @@ def _index_order(meta: dict[str, Any]) -> tuple[Any, Any]:
     return (meta.get("depth", 0), meta.get("created", 0))
 
 
-def index_bytes(metas: Iterable[dict[str, Any]]) -> bytes:
-    """The text of ``index.json`` for these metadata records (see the layout above)."""
+def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> bytes:
+    """The text of ``index.json`` for these metadata records (see the layout above).
+
+    ``written`` maps a sha to ``(rev, text)``, the JSON of its commit record as just written
+    (without its rev): a record of the same rev is embedded from that text, not encoded again.
+    """
+    with paused_gc():
+        return _index_bytes(metas, written or {})
+
+
+def _index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]]) -> bytes:
     encode = _JSON.encode
     ordered = sorted(metas, key=_index_order)
     place = {meta["sha"]: i for i, meta in enumerate(ordered)}
@@ -409,21 +428,25 @@ def index_bytes(metas: Iterable[dict[str, Any]]) -> bytes:
     offset = 0
     last: Any = object()
     p = 0
-    with paused_gc():
-        for meta in ordered:
+    for meta in ordered:
+        sha, rev = meta["sha"], meta.get("rev")
+        known = written.get(sha)
+        if known is not None and known[0] == rev and len(known[1]) > 2:
+            text = f'{known[1][:-1]},"rev":"{rev}"}}'
+        else:
             text = encode(meta)
-            states[meta["sha"]] = {"rev": meta.get("rev"), "at": offset}
-            up = meta.get("parent")
-            parent.append(_NO_PARENT if up is None else place.get(up, _UNINDEXED_PARENT))
-            depth.append(meta.get("depth", 0))
-            root = meta.get("properties")
-            if root != last:  # states of one tree share their root's properties: encode them once
-                p = table.setdefault(encode(root), len(table))
-                last = root
-            props.append(p)
-            tags.append(meta.get("tags") or [])
-            parts.append(text)
-            offset += len(text) + 1  # and the comma
+        states[sha] = {"rev": rev, "at": offset}
+        up = meta.get("parent")
+        parent.append(_NO_PARENT if up is None else place.get(up, _UNINDEXED_PARENT))
+        depth.append(meta.get("depth", 0))
+        root = meta.get("properties")
+        if root != last:  # states of one tree share their root's properties: encode them once
+            p = table.setdefault(encode(root), len(table))
+            last = root
+        props.append(p)
+        tags.append(meta.get("tags") or [])
+        parts.append(text)
+        offset += len(text) + 1  # and the comma
     columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags})
     head = f'{_INDEX_HEAD}{encode(states)},"columns":{{"properties":[{",".join(table)}],{columns[1:]},"metas":['
     return (head + ",".join(parts) + "]}").encode()
