@@ -49,7 +49,15 @@ class Runtime:
             if recs is None:
                 recs = self.__dict__["_records"] = Records(self.store, self.blob_threshold, self.verify_blobs)
             return recs
-        key = (self.location, repr(sorted(self.storage_options.items())), self.blob_threshold, self.verify_blobs, self.fsync)
+        key = self.__dict__.get("_records_key")
+        if key is None:
+            key = self.__dict__["_records_key"] = (
+                self.location,
+                repr(sorted(self.storage_options.items())),
+                self.blob_threshold,
+                self.verify_blobs,
+                self.fsync,
+            )
         recs = _RECORDS.get(key)
         if recs is None:
             store = open_store(self.location, fsync=self.fsync, **self.storage_options)

@@ -29,6 +29,7 @@ from dagger.execution import (
     TaskSpec,
     failure_key,
     forget_recent,
+    jsonable,
     resolve_scheduler,
     run_task,
 )
@@ -99,6 +100,7 @@ class Experiment:
         #: What run() does with cached states whose recipe code changed: "warn", "rerun" or "error".
         self.on_code_change = sourcehash.check_policy(on_code_change)
         self._sources = sourcehash.SourceHashes()
+        self._recipe_info: dict[type, tuple[str, str, Any, str | None]] = {}
         self._env_diff: dict[str, Any] | None = None
 
     # ---- defining the tree -------------------------------------------------------
@@ -145,14 +147,14 @@ class Experiment:
             raise DefinitionError(
                 f"{self.directory} already holds a tree whose root has other properties "
                 f"({self.info.get('root_properties')}); a folder holds one tree. Use a new folder for root "
-                f"properties {_jsonish(props)}."
+                f"properties {jsonable(props)}."
             )
         if self.info is None:
             self.info = {
                 "format": hashing.FORMAT_VERSION,
                 "state_class": path,
                 "root": sha,
-                "root_properties": _jsonish(props),
+                "root_properties": jsonable(props),
                 "blob_hash": self.records.blob_hash,
                 "created": time.time(),
                 "environment": environment.capture(self.packages),
@@ -322,6 +324,18 @@ class Experiment:
             label=label,
         )
 
+    def _recipe_class_info(self, cls: type[Recipe]) -> tuple[str, str, Any, str | None]:
+        """A recipe class's name, import path, VERSION and source hash (found once per class and run)."""
+        info = self._recipe_info.get(cls)
+        if info is None:
+            info = self._recipe_info[cls] = (
+                cls.__name__,
+                hashing.object_path(cls),
+                jsonable(cls.VERSION),
+                self._sources(cls),
+            )
+        return info
+
     def _base_meta(self, promise: ExperimentStatePromise) -> dict[str, Any]:
         recipe = promise.recipe
         meta: dict[str, Any] = {
@@ -329,21 +343,20 @@ class Experiment:
             "sha": promise._sha,
             "parent": promise.parent._sha if promise.parent is not None else None,
             "depth": promise.depth,
-            "state_class": hashing.object_path(self.state_class),
+            "state_class": self._state_class_path,
             "tags": list(promise.tags),
-            "properties": _jsonish(promise.properties),
+            "properties": jsonable(promise.properties),
             "created": time.time(),
         }
         if recipe is not None:
-            cls = type(recipe)
+            name, path, version, source = self._recipe_class_info(type(recipe))
             meta["recipe"] = {
-                "name": cls.__name__,
-                "class": hashing.object_path(cls),
-                "properties": _jsonish(promise.recipe_properties or {}),
-                "version": _jsonish(cls.VERSION),
+                "name": name,
+                "class": path,
+                "properties": jsonable(promise.recipe_properties or {}),
+                "version": version,
                 "sha": promise.recipe_sha,
             }
-            source = self._sources(cls)
             if source is not None:
                 meta["recipe"]["source"] = source
         env = self._state_environment()
@@ -356,6 +369,8 @@ class Experiment:
     def _prepare_run(self, selected: list[ExperimentStatePromise], stored: dict[str, dict[str, Any]]) -> dict[str, str]:
         """Check recipe code against the cache (per the policy); return ``{sha: reason}`` to recompute."""
         self._sources = sourcehash.SourceHashes()
+        self._recipe_info = {}
+        self._state_class_path = hashing.object_path(self.state_class)
         self._env_diff = None
         self._failed: set[str] | None = None
         changed = sourcehash.find_changes(selected, stored, self._sources)
@@ -490,10 +505,3 @@ def _check_state_class(info: dict[str, Any], state_class: type, directory: str) 
         f"{directory} was created with state class {recorded!r}, not {given!r}. Pass the original class "
         "(or state_class=None to browse slim states without it)."
     )
-
-
-def _jsonish(value: Any) -> Any:
-    """Metadata view of a value: JSON where possible, else its repr."""
-    from dagger.execution import jsonable
-
-    return jsonable(value)
