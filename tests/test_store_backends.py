@@ -40,17 +40,38 @@ class TestS3Store(StoreTests):
         return FsspecStore(url, **options)
 
 
-def test_local_uncommitted_write_skips_the_rename_only_for_a_new_key(tmp_path, monkeypatch):
+
+def test_local_put_that_fails_mid_write_keeps_the_old_value(tmp_path, monkeypatch):
+    import errno
     import os
 
+    from dagger.store import _local
+
     store = LocalStore(str(tmp_path / "store"))
-    renames = []
-    real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
-    store.put_uncommitted("states/a.pkl", b"new")  # written in place: one file, no rename
-    assert renames == []
-    assert store.get("states/a.pkl") == b"new"
-    store.put_uncommitted("states/a.pkl", b"replaced")  # already there: tmp file + atomic rename
-    assert renames == [str(tmp_path / "store" / "states" / "a.pkl")]
-    assert store.get("states/a.pkl") == b"replaced"
+    store.put("states/b.pkl", b"old value")
+    real_write = os.write
+
+    def disk_full(fd, data):
+        real_write(fd, bytes(memoryview(data)[:10]))  # part of it reached the temporary file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_local.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.put("states/b.pkl", b"x" * 1000)
+    monkeypatch.undo()
+    assert store.get("states/b.pkl") == b"old value"
     assert store.temp_keys() == []
+
+
+def test_local_put_writes_all_of_a_large_value_written_in_parts(tmp_path, monkeypatch):
+    import os
+
+    from dagger.store import _local
+
+    store = LocalStore(str(tmp_path / "store"))
+    real_write = os.write
+    monkeypatch.setattr(_local.os, "write", lambda fd, data: real_write(fd, bytes(memoryview(data)[:7])))
+    data = bytes(range(256)) * 40
+    store.put("big", memoryview(data))  # os.write may write less than asked: the rest follows
+    monkeypatch.undo()
+    assert store.get("big") == data

@@ -94,28 +94,6 @@ class LocalStore(Store):
             _discard(tmp)
             raise
 
-    def put_uncommitted(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        # Written in place when new (one file created, no rename); else an atomic put, so that
-        # a committed value is never rewritten in place.
-        if type(self).open_write is not LocalStore.open_write:
-            self.put(key, data)
-            return
-        final = self._path(key)
-        self._ensure_dir(final.rpartition(os.sep)[0])
-        try:
-            fd = os.open(final, _CREATE, 0o666)
-        except FileExistsError:
-            self.put(key, data)
-            return
-        # On an error the torn file stays: removing it could remove a complete one that another
-        # writer (with locking off) renamed there meanwhile. Nothing refers to it; gc removes it.
-        try:
-            _write_all(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         tmp, final = self._begin(key)

@@ -86,17 +86,6 @@ class Store(abc.ABC):
         self.put(key, data)
         return True
 
-    def put_uncommitted(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Store ``data`` at ``key``, which nothing may read before a later write commits it.
-
-        A state's pickle is such a value: it counts only once its commit record
-        is written, after it. Backends may then skip what makes ``put`` atomic
-        where nothing is at ``key`` yet (a crash can leave a torn value there,
-        which no record refers to, a later ``put`` replaces and ``gc``
-        removes); a value already there is replaced atomically, as by ``put``.
-        """
-        self.put(key, data)
-
     def temp_keys(self) -> builtins.list[str]:
         """Leftovers of interrupted writes, for ``gc``."""
         return [k for k in self.list("tmp")]

@@ -253,8 +253,7 @@ class Records:
             # The header is JSON; written by hand (no encoder call per state), as `_parse_json` reads it.
             listed = encode_json(blobs).decode() if blobs else "[]"
             header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
-            # Not read before its commit record is written (write_meta), so it need not be atomic.
-            self.store.put_uncommitted(state_key(sha), header + data)
+            self.store.put(state_key(sha), header + data)
         except OSError as exc:
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
         self._remember(sha, data, blobs)

@@ -13,7 +13,7 @@ returning an empty store::
 
 The suite checks the five primitive operations (``get``, ``put``,
 ``exists``, ``delete``, ``list``), the ones built on them (``size``,
-``get_into``, ``open_write``, ``put_if_absent``, ``put_uncommitted``), locks, that ``put`` is
+``get_into``, ``open_write``, ``put_if_absent``), locks, that ``put`` is
 atomic (a concurrent reader sees the old or the new value, never a mix; a
 failed streamed write leaves the old value and no temporary file), and, with
 hypothesis, that random sequences of operations agree with a plain dict.
@@ -214,36 +214,6 @@ class StoreTests:
         assert seen, "the reader never got a value"
         torn = [len(v) for v in seen if v not in values]
         assert not torn, f"readers saw {len(torn)} torn or missing values (sizes {torn[:5]})"
-
-    def test_put_uncommitted_writes_new_and_replaces_existing(self, store: Store) -> None:
-        store.put_uncommitted("u/new.pkl", b"first")
-        assert store.get("u/new.pkl") == b"first"
-        store.put_uncommitted("u/new.pkl", memoryview(b"second, longer"))
-        assert store.get("u/new.pkl") == b"second, longer"
-        assert store.list("u") == ["u/new.pkl"]
-        assert store.temp_keys() == []
-
-    def test_put_uncommitted_replaces_a_value_atomically(self, store: Store) -> None:
-        # A value already there may be committed (a state recomputed): it is never rewritten in place.
-        n = self.atomic_value_size
-        values = (b"a" * n, b"b" * (n // 2 + 7))
-        store.put("atom", values[0])
-        stop = threading.Event()
-        seen: list[bytes] = []
-
-        def reader() -> None:
-            while not stop.is_set():
-                seen.append(store.get("atom"))
-
-        thread = threading.Thread(target=reader)
-        thread.start()
-        try:
-            for i in range(20):
-                store.put_uncommitted("atom", values[(i + 1) % 2])
-        finally:
-            stop.set()
-            thread.join()
-        assert seen and all(v in values for v in seen)
 
     # ---- locks ---------------------------------------------------------------------------------
 
