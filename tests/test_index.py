@@ -68,6 +68,45 @@ def test_index_holds_each_commit_record_as_written(stored):
     assert any(m.get("results") for m in metas)  # with the records that Functions rewrote
 
 
+def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_again(exp_dir, monkeypatch):
+    class Big(dg.ExperimentState):
+        PROPERTIES = ["name"]
+
+    class Step(dg.Recipe):
+        PROPERTIES = ["i"]
+
+        def run(self, state):
+            return state
+
+    exp = dg.Experiment(exp_dir, state_class=Big)
+    node = exp.spawn_new_tree(name="x")
+    for i in range(30):
+        node = Step(i=i)(node)
+    encoded = []
+    inside = []
+    real_index_bytes, real_encoder = rec.index_bytes, rec._JSON
+
+    class Counting(json.JSONEncoder):
+        def encode(self, obj):
+            if inside:
+                encoded.append(obj)
+            return real_encoder.encode(obj)
+
+    def index_bytes(metas, written=None):
+        inside.append(True)
+        try:
+            return real_index_bytes(metas, written)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(rec, "_JSON", Counting())
+    monkeypatch.setattr(rec, "index_bytes", index_bytes)
+    exp.run()
+    assert 0 < len(encoded) < 10  # the head and columns; not one encoding per state (31)
+    with open(os.path.join(exp_dir, rec.INDEX_KEY), "rb") as f:
+        assert {m["sha"]: m for m in json.loads(f.read())["metas"]} == truth(exp_dir)
+
+
 def test_missing_index_is_rebuilt(stored):
     os.remove(os.path.join(stored, rec.INDEX_KEY))
     store = assert_consistent(stored)

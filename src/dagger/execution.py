@@ -43,12 +43,8 @@ class Runtime:
     #: The Store object itself when the experiment was opened on one (not on a path or URL).
     store: Any = field(default=None, repr=False, compare=False)
 
-    def records(self) -> Records:
-        if self.store is not None:  # a Store object given by the caller: use it, not a fresh one
-            recs = self.__dict__.get("_records")
-            if recs is None:
-                recs = self.__dict__["_records"] = Records(self.store, self.blob_threshold, self.verify_blobs)
-            return recs
+    def records_key(self) -> tuple[Any, ...]:
+        """Which of this process's Records (one per store and options) tasks of this runtime use."""
         key = self.__dict__.get("_records_key")
         if key is None:
             key = self.__dict__["_records_key"] = (
@@ -58,11 +54,30 @@ class Runtime:
                 self.verify_blobs,
                 self.fsync,
             )
+        return key
+
+    def records(self) -> Records:
+        if self.store is not None:  # a Store object given by the caller: use it, not a fresh one
+            recs = self.__dict__.get("_records")
+            if recs is None:
+                recs = self.__dict__["_records"] = Records(self.store, self.blob_threshold, self.verify_blobs)
+            return recs
+        key = self.records_key()
         recs = _RECORDS.get(key)
         if recs is None:
             store = open_store(self.location, fsync=self.fsync, **self.storage_options)
             recs = _RECORDS[key] = Records(store, self.blob_threshold, self.verify_blobs)
         return recs
+
+
+def take_written(runtime: Runtime) -> dict[str, tuple[str, str]]:
+    """The commit records this process's tasks wrote for ``runtime``'s store, as text (for the index).
+
+    Tasks that ran in other processes (``processes``, a cluster) are not here: the index
+    encodes their metadata again.
+    """
+    recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())
+    return recs.take_written() if recs is not None else {}
 
 
 def forget_recent(runtime: Runtime) -> None:

@@ -32,6 +32,7 @@ from dagger.execution import (
     jsonable,
     resolve_scheduler,
     run_task,
+    take_written,
 )
 from dagger.promise import ExperimentStatePromise
 from dagger.recipe import Function, Recipe
@@ -264,7 +265,7 @@ class Experiment:
             if "meta" in rec:
                 stored[rec["sha"]] = rec.pop("meta")
         if graph or tag_updates:
-            self.records.write_index(stored.values())
+            self.records.write_index(stored.values(), take_written(self.runtime))
         self._graph = None
         self.last_report = report
         if report.failures and raise_on_failure:

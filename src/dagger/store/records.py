@@ -190,6 +190,11 @@ class Records:
         meta["rev"] = rev
         return meta
 
+    def take_written(self) -> dict[str, tuple[str, str]]:
+        """The ``{sha: (rev, text)}`` of the commit records written since the last call (then forgotten)."""
+        written, self._written = self._written, {}
+        return written
+
     def write_meta(self, meta: dict[str, Any], old_rev: str | None = None) -> str:
         """Write a new revision of a state's metadata (the commit record); return its rev."""
         rev = new_rev()
@@ -344,8 +349,9 @@ class Records:
         """Every committed state's full metadata, by hash (see :meth:`load_index`)."""
         return self.load_index(on_corrupt).all_meta()
 
-    def write_index(self, metas: Iterable[dict[str, Any]]) -> None:
-        written, self._written = self._written, {}
+    def write_index(self, metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> None:
+        """Rewrite the index; ``written`` adds commit-record texts that another Records wrote (see take_written)."""
+        written = {**self.take_written(), **(written or {})}
         try:
             self.store.put(INDEX_KEY, index_bytes(metas, written))
         except OSError:
