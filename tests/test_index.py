@@ -68,20 +68,31 @@ def test_index_holds_each_commit_record_as_written(stored):
     assert any(m.get("results") for m in metas)  # with the records that Functions rewrote
 
 
-def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_again(exp_dir, monkeypatch):
-    class Big(dg.ExperimentState):
-        PROPERTIES = ["name"]
+class Chain(dg.ExperimentState):
+    PROPERTIES = ["name"]
 
-    class Step(dg.Recipe):
-        PROPERTIES = ["i"]
 
-        def run(self, state):
-            return state
+class Step(dg.Recipe):
+    PROPERTIES = ["i"]
 
-    exp = dg.Experiment(exp_dir, state_class=Big)
+    def run(self, state):
+        return state
+
+
+def chain(exp_dir, n=30, tag=None):
+    exp = dg.Experiment(exp_dir, state_class=Chain)
     node = exp.spawn_new_tree(name="x")
-    for i in range(30):
-        node = Step(i=i)(node)
+    for i in range(n):
+        if tag is not None and i == n - 1:
+            with exp.tag(tag):
+                node = Step(i=i)(node)
+        else:
+            node = Step(i=i)(node)
+    return exp
+
+
+def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_again(exp_dir, monkeypatch):
+    exp = chain(exp_dir)
     encoded = []
     inside = []
     real_index_bytes, real_encoder = rec.index_bytes, rec._JSON
@@ -105,6 +116,44 @@ def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_aga
     assert 0 < len(encoded) < 10  # the head and columns; not one encoding per state (31)
     with open(os.path.join(exp_dir, rec.INDEX_KEY), "rb") as f:
         assert {m["sha"]: m for m in json.loads(f.read())["metas"]} == truth(exp_dir)
+
+
+def test_a_fully_cached_rerun_decodes_no_metadata_until_its_report_is_read(exp_dir, monkeypatch):
+    first = chain(exp_dir).run()
+    decoded = []
+    real = rec.SlimIndex.meta
+    monkeypatch.setattr(rec.SlimIndex, "meta", lambda self, sha: decoded.append(sha) or real(self, sha))
+    report = chain(exp_dir).run()  # existence, tags and recipe sources come from the index's columns
+    assert decoded == []
+    assert len(report.cached) == 31 and not report.computed  # reading the rows decodes their stored runs
+    assert {s.sha: s.stored_run["duration"] for s in report.cached} == {s.sha: s.duration for s in first.computed}
+    assert len(decoded) == 31
+
+
+def test_a_cached_state_whose_tags_changed_is_decoded_and_retagged(exp_dir):
+    chain(exp_dir).run()
+    chain(exp_dir, tag="best").run()
+    seen, _ = restored(exp_dir)
+    assert [m["tags"] for m in seen.values() if m["tags"]] == [["best"]]
+    assert_consistent(exp_dir)
+
+
+def test_an_index_without_the_source_column_reads_sources_from_the_metadata(exp_dir):
+    import re
+
+    chain(exp_dir).run()
+    records = rec.Records(LocalStore(exp_dir))
+    with open(os.path.join(exp_dir, rec.INDEX_KEY), "rb") as f:
+        raw = f.read()
+    current = rec.SlimIndex.parse(records, raw)
+    older = rec.SlimIndex.parse(records, re.sub(rb',"sources":\[[^\]]*\],"src":\[[^\]]*\]', b"", raw, count=1))
+    assert current.lazy and current.src is not None
+    assert older.lazy and older.src is None  # as written by a dagger before the column
+    expected = {sha: m["recipe"]["source"] if "recipe" in m else None for sha, m in truth(exp_dir).items()}
+    assert len(set(expected.values()) - {None}) == 1
+    assert {sha: current.source(sha) for sha in expected} == expected
+    assert {sha: older.source(sha) for sha in expected} == expected
+    assert older.decoded and not current.decoded  # only the older one had to decode the metadata
 
 
 def test_missing_index_is_rebuilt(stored):

@@ -39,7 +39,7 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import Records
+from dagger.store.records import Records, StoredMetas
 
 
 class Experiment:
@@ -214,7 +214,9 @@ class Experiment:
 
         start = time.time()
         forget_recent(self.runtime)
-        stored = self.records.load_all_meta(on_corrupt=self._warn_corrupt)
+        # Decoded only where needed: a cached state's existence, tags and recipe source come from
+        # the index's columns.
+        stored = StoredMetas(self.records.load_index(on_corrupt=self._warn_corrupt))
         selected = self._select(targets)
         forced = self._prepare_run(selected, stored)
         graph: dict[str, Any] = {}
@@ -222,16 +224,18 @@ class Experiment:
         tag_updates: list[dict[str, Any]] = []
         for promise in selected:
             sha = promise._sha
-            meta = stored.get(sha)
-            if meta is None or sha in forced:
+            known = sha in stored
+            if not known or sha in forced:
                 plan[sha] = "compute"
             elif promise.functions:
                 plan[sha] = "evaluate"
             else:
-                if promise.tags and set(promise.tags) != set(meta.get("tags", [])):
-                    tag_updates.append(meta)
-                    meta["tags"] = list(promise.tags)
+                if promise.tags and set(promise.tags) != set(stored.tags(sha)):
+                    updated = stored[sha]
+                    tag_updates.append(updated)
+                    updated["tags"] = list(promise.tags)
                 continue
+            meta: dict[str, Any] | None = stored.get(sha) if known else None
             spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
             if spec.compute:
                 self._explain(spec, meta, forced.get(sha))
@@ -250,9 +254,7 @@ class Experiment:
             try:
                 with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar:
                     bar.counts["cached"] = n_cached
-                    inline = getattr(get, "run", None)  # single-threaded: no Dask bookkeeping per task
-                    ran = inline(graph, keys, bar) if inline is not None else None
-                    records = ran if ran is not None else bar.collect(get, graph, keys)
+                    records = bar.collect(get, graph, keys)
             except KeyboardInterrupt:
                 self._interrupted()
                 raise
@@ -367,14 +369,14 @@ class Experiment:
 
     # ---- reproducibility (see dagger.sourcehash, dagger.environment, dagger.reproduce) ----
 
-    def _prepare_run(self, selected: list[ExperimentStatePromise], stored: dict[str, dict[str, Any]]) -> dict[str, str]:
+    def _prepare_run(self, selected: list[ExperimentStatePromise], stored: StoredMetas) -> dict[str, str]:
         """Check recipe code against the cache (per the policy); return ``{sha: reason}`` to recompute."""
         self._sources = sourcehash.SourceHashes()
         self._recipe_info = {}
         self._state_class_path = hashing.object_path(self.state_class)
         self._env_diff = None
         self._failed: set[str] | None = None
-        changed = sourcehash.find_changes(selected, stored, self._sources)
+        changed = sourcehash.find_changes(selected, stored.source, self._sources)
         sourcehash.check(self.on_code_change, changed)
         forced: dict[str, str] = {}
         if self.on_code_change == "rerun":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,23 +34,53 @@ class StateRun:
         return dict(self.__dict__)
 
 
-@dataclass
 class RunReport:
-    """The outcome of a run; ``print(report)`` shows it as a table."""
+    """The outcome of a run; ``print(report)`` shows it as a table.
 
-    states: list[StateRun]
-    start: float
-    end: float
+    ``states`` lists every state of the run: those that ran (computed, failed,
+    skipped, or cached but evaluated by a Function) in start order, then those
+    served from the store untouched. The rows of the untouched ones are made on
+    first use, from the stored metadata (a fully cached rerun of a large tree
+    decodes none of it unless the report is read).
+    """
+
+    def __init__(self, states: list[StateRun], start: float, end: float) -> None:
+        self._states = list(states)
+        self._pending: Callable[[], list[StateRun]] | None = None
+        self.start = start
+        self.end = end
+
+    @property
+    def states(self) -> list[StateRun]:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._states.extend(pending())
+        return self._states
+
+    def __repr__(self) -> str:
+        return f"RunReport({self.summary()})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunReport):
+            return NotImplemented
+        return (self.states, self.start, self.end) == (other.states, other.start, other.end)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     @classmethod
     def build(
         cls,
         records: list[dict[str, Any]],
         untouched: list[Any],
-        stored: dict[str, dict[str, Any]],
+        stored: Any,
         start: float,
         end: float,
     ) -> RunReport:
+        """The report of a run: ``records`` from its tasks, ``untouched`` promises served from the store.
+
+        ``stored`` maps a hash to its stored metadata (``.get``); the untouched
+        states' rows read it when first asked for.
+        """
         rows = []
         for rec in records:
             meta = rec.get("meta") or stored.get(rec["sha"]) or {}
@@ -71,17 +102,23 @@ class RunReport:
                     stored_run=meta.get("run") if rec["status"] == "cached" else None,
                 )
             )
-        for promise in untouched:
-            rows.append(
-                StateRun(
-                    sha=promise.sha(),
-                    recipe=type(promise.recipe).__name__ if promise.recipe is not None else "root",
-                    tags=list(promise.tags),
-                    status="cached",
-                    stored_run=(stored.get(promise.sha()) or {}).get("run"),
-                )
-            )
-        return cls(rows, start, end)
+        report = cls(rows, start, end)
+        if untouched:
+
+            def untouched_rows() -> list[StateRun]:
+                return [
+                    StateRun(
+                        sha=promise.sha(),
+                        recipe=type(promise.recipe).__name__ if promise.recipe is not None else "root",
+                        tags=list(promise.tags),
+                        status="cached",
+                        stored_run=(stored.get(promise.sha()) or {}).get("run"),
+                    )
+                    for promise in untouched
+                ]
+
+            report._pending = untouched_rows
+        return report
 
     @classmethod
     def from_metadata(cls, metas: Any) -> RunReport:
@@ -131,7 +168,8 @@ class RunReport:
     @property
     def failures(self) -> list[StateRun]:
         """Failed states, and states whose Functions raised."""
-        return [s for s in self.states if s.status == "failed" or s.function_errors]
+        # Not the untouched states' rows (made on first use): served from the store, they ran nothing.
+        return [s for s in self._states if s.status == "failed" or s.function_errors]
 
     @property
     def duration(self) -> float:

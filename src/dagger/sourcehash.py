@@ -26,7 +26,7 @@ import sys
 import textwrap
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dagger.errors import DaggerWarning, DefinitionError, RecipeChangedError
@@ -179,19 +179,23 @@ class SourceHashes:
         return self._cache[cls]
 
 
-def find_changes(promises: Iterable[Any], stored: dict[str, dict[str, Any]], hashes: SourceHashes) -> dict[str, str]:
+def find_changes(
+    promises: Iterable[Any], recorded_source: Callable[[str], str | None], hashes: SourceHashes
+) -> dict[str, str]:
     """``{sha: recipe name}`` of stored states whose recipe code differs from the recorded one.
 
-    States without a recorded source hash (made by an older dagger) are not
-    counted: nothing is known about the code that made them.
+    ``recorded_source(sha)`` is the source hash a stored state records for its
+    recipe, None for states not stored or made by an older dagger (nothing is
+    known about the code that made those, so they are not counted).
     """
     changed: dict[str, str] = {}
     for promise in promises:
-        meta = stored.get(promise._sha)
         recipe = promise.recipe
-        if meta is None or recipe is None:
+        if recipe is None:
             continue
-        recorded = (meta.get("recipe") or {}).get("source")
+        recorded = recorded_source(promise._sha)
+        if not recorded:
+            continue
         current = hashes(type(recipe))
         if recorded and current and recorded != current:
             changed[promise._sha] = type(recipe).__qualname__

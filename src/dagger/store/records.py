@@ -363,13 +363,17 @@ class Records:
 # index.json is one JSON object, written as
 #
 #   {"format":"F+index2","states":{sha:{"rev":R,"at":N},...},
-#    "columns":{"properties":[P,...],"parent":[...],"depth":[...],"p":[...],"tags":[[...],...]},
+#    "columns":{"properties":[P,...],"parent":[...],"depth":[...],"p":[...],"tags":[[...],...],
+#               "sources":[S,...],"src":[...]},
 #    "metas":[META,...]}
 #
 # States are in tree order (depth, then creation). "columns" hold, in that
 # order, what browsing needs: the parent's place (-1 for a root, -2 when the
 # parent is not indexed), the depth, the root properties (a place in the table
-# of distinct ones) and the tags. "at" is where the state's full metadata
+# of distinct ones) and the tags; then what a cached rerun needs: the recorded
+# source hash of the recipe that made the state (a place in the table of
+# distinct ones, -1 for none; optional, as indexes written before it lack it).
+# "at" is where the state's full metadata
 # starts, counted from just after "metas":[ (the text is ASCII, so characters
 # and bytes agree). Opening an experiment parses the head only and decodes a
 # state's metadata on first use; a decoded record must name its state and
@@ -405,6 +409,13 @@ _NO_PARENT = -1
 _UNINDEXED_PARENT = -2
 
 
+def recorded_source(meta: dict[str, Any]) -> str | None:
+    """The source hash of the recipe that made a state, as its metadata records it (None if none)."""
+    recipe = meta.get("recipe")
+    source = recipe.get("source") if type(recipe) is dict else None
+    return source if type(source) is str and source else None
+
+
 def _index_order(meta: dict[str, Any]) -> tuple[Any, Any]:
     return (meta.get("depth", 0), meta.get("created", 0))
 
@@ -433,6 +444,8 @@ def _index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, 
     offset = 0
     last: Any = object()
     p = 0
+    sources: dict[str, int] = {}
+    src: list[int] = []
     for meta in ordered:
         sha, rev = meta["sha"], meta.get("rev")
         known = written.get(sha)
@@ -450,9 +463,11 @@ def _index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, 
             last = root
         props.append(p)
         tags.append(meta.get("tags") or [])
+        source = recorded_source(meta)
+        src.append(-1 if source is None else sources.setdefault(source, len(sources)))
         parts.append(text)
         offset += len(text) + 1  # and the comma
-    columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags})
+    columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags, "sources": list(sources), "src": src})
     head = f'{_INDEX_HEAD}{encode(states)},"columns":{{"properties":[{",".join(table)}],{columns[1:]},"metas":['
     return (head + ",".join(parts) + "]}").encode()
 
@@ -489,6 +504,8 @@ class SlimIndex:
         self.depth: list[int] = []
         self.p: list[int] = []
         self.tags: list[list[str]] = []
+        self.sources: list[str] = []
+        self.src: list[int] | None = None  # absent from indexes written before it
         self.decoded: dict[str, dict[str, Any]] = {}
         self._raw = b""
         self._text = ""
@@ -552,6 +569,9 @@ class SlimIndex:
         self.shas = list(states)
         self.properties = props
         self.parent, self.depth, self.p, self.tags = columns["parent"], columns["depth"], columns["p"], tags
+        sources, src = columns.get("sources"), columns.get("src")
+        if type(sources) is list and not set(map(type, sources)) - {str} and _ints(src, n, -1, len(sources)):
+            self.sources, self.src = sources, src
         self._raw = raw
         self._base = end + len(_METAS_START)
         self.lazy = True
@@ -593,6 +613,21 @@ class SlimIndex:
     def __len__(self) -> int:
         return len(self.shas) if self.lazy else len(self.decoded)
 
+    def __contains__(self, sha: object) -> bool:
+        return sha in (self.states if self.lazy else self.decoded)
+
+    def _position(self, sha: str) -> int:
+        if self._place is None:
+            self._place = {s: i for i, s in enumerate(self.shas)}
+        return self._place[sha]
+
+    def source(self, sha: str) -> str | None:
+        """The recorded source hash of the recipe that made ``sha`` (from the column, else its metadata)."""
+        if self.lazy and self.src is not None and sha not in self.decoded:
+            k = self.src[self._position(sha)]
+            return None if k < 0 else self.sources[k]
+        return recorded_source(self.meta(sha))
+
     def meta(self, sha: str) -> dict[str, Any]:
         """The full metadata of state ``sha``, decoded once (or read from its record)."""
         meta = self.decoded.get(sha)
@@ -606,9 +641,7 @@ class SlimIndex:
         """What browsing reads of a state (``parent``, ``depth``, ``tags``), without decoding it."""
         if not self.lazy or sha in self.decoded:
             return self.meta(sha)
-        if self._place is None:
-            self._place = {s: i for i, s in enumerate(self.shas)}
-        i = self._place[sha]
+        i = self._position(sha)
         up = self.parent[i]
         if up == _UNINDEXED_PARENT:
             return self.meta(sha)
@@ -658,6 +691,55 @@ class SlimIndex:
                 msg = f"state {sha[:12]} was removed from the store after the experiment was opened"
                 raise StateNotFoundError(msg) from None
             return self.records.read_meta(sha, newest)
+
+
+class StoredMetas:
+    """The committed states' metadata for one run, decoded from the index only where needed.
+
+    A fully cached rerun asks only which states exist, their tags and the
+    recorded source hashes of their recipes, which the index's columns hold;
+    a state's full metadata is decoded when a run needs it (to compute or
+    evaluate the state, or to rewrite the index).
+    """
+
+    def __init__(self, index: SlimIndex) -> None:
+        self.index = index
+        self.added: dict[str, dict[str, Any]] = {}
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self.added or sha in self.index
+
+    def get(self, sha: str, default: Any = None) -> Any:
+        meta = self.added.get(sha)
+        if meta is not None:
+            return meta
+        return self.index.meta(sha) if sha in self.index else default
+
+    def __getitem__(self, sha: str) -> dict[str, Any]:
+        meta = self.get(sha)
+        if meta is None:
+            raise KeyError(sha)
+        return meta  # type: ignore[no-any-return]
+
+    def __setitem__(self, sha: str, meta: dict[str, Any]) -> None:
+        self.added[sha] = meta
+
+    def tags(self, sha: str) -> list[str]:
+        meta = self.added.get(sha)
+        return list((meta if meta is not None else self.index.entry(sha)).get("tags") or [])
+
+    def source(self, sha: str) -> str | None:
+        """The recorded source hash of the recipe that made ``sha`` (None if none, or not stored)."""
+        meta = self.added.get(sha)
+        if meta is not None:
+            return recorded_source(meta)
+        return self.index.source(sha) if sha in self.index else None
+
+    def values(self) -> Iterable[dict[str, Any]]:
+        """Every state's full metadata (all decoded)."""
+        metas = self.index.all_meta()
+        metas.update(self.added)
+        return metas.values()
 
 
 def _recompute_hint(sha: str) -> str:
