@@ -156,6 +156,76 @@ def test_an_index_without_the_source_column_reads_sources_from_the_metadata(exp_
     assert older.decoded and not current.decoded  # only the older one had to decode the metadata
 
 
+def assert_index_as_if_rebuilt(directory):
+    """The index on disk says exactly what one written from every commit record would."""
+    with open(os.path.join(directory, rec.INDEX_KEY), "rb") as f:
+        on_disk = json.loads(f.read())
+    rebuilt = json.loads(rec.index_bytes(truth(directory).values()))
+    assert list(on_disk["states"]) == list(rebuilt["states"])  # same order
+    assert {k: v["rev"] for k, v in on_disk["states"].items()} == {k: v["rev"] for k, v in rebuilt["states"].items()}
+    assert on_disk["columns"] == rebuilt["columns"]
+    assert on_disk["metas"] == rebuilt["metas"]
+
+
+def extend(exp_dir, steps=(100,), tag=None):
+    exp = chain(exp_dir, tag=tag)
+    last = list(exp._promises.values())[-1]  # the chain's last state
+    for i in steps:
+        last = Step(i=i)(last)
+    return exp
+
+
+def test_adding_states_copies_the_unchanged_ones_into_the_index_as_text(exp_dir, monkeypatch):
+    chain(exp_dir, tag="first").run()  # a stored tag, which the next definition does not repeat
+    decoded = []
+    real = rec.SlimIndex.meta
+    monkeypatch.setattr(rec.SlimIndex, "meta", lambda self, sha: decoded.append(sha) or real(self, sha))
+    report = extend(exp_dir, steps=(100, 101)).run()
+    assert decoded == []  # the 31 stored states were neither decoded nor encoded again
+    assert len(report.computed) == 2  # (reading the report decodes the cached states' stored runs)
+    assert_index_as_if_rebuilt(exp_dir)
+    assert_consistent(exp_dir)
+    assert [m["tags"] for m in restored(exp_dir)[0].values() if m["tags"]] == [["first"]]
+
+
+def test_adding_states_and_retagging_one_keeps_the_index_exact(exp_dir):
+    chain(exp_dir).run()
+    extend(exp_dir, steps=(100,), tag="late").run()  # the chain's last state is re-tagged
+    seen, _ = restored(exp_dir)
+    assert [m["tags"] for m in seen.values() if m["tags"]] == [["late"]]
+    assert_index_as_if_rebuilt(exp_dir)
+
+
+def test_an_index_entry_that_does_not_check_out_is_not_copied(exp_dir):
+    chain(exp_dir).run()
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    with open(path, "rb") as f:
+        raw = f.read()
+    victim = json.loads(raw)["metas"][5]["sha"]
+    other = "f" * 64
+    damaged = raw.replace(f'"sha":"{victim}","parent"'.encode(), f'"sha":"{other}","parent"'.encode(), 1)
+    assert damaged != raw and len(damaged) == len(raw)  # same layout: only its text is wrong
+    with open(path, "wb") as f:
+        f.write(damaged)
+    extend(exp_dir).run()
+    assert_index_as_if_rebuilt(exp_dir)
+
+
+def test_an_index_without_the_source_column_is_rewritten_whole(exp_dir):
+    import re
+
+    chain(exp_dir).run()
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(re.sub(rb',"sources":\[[^\]]*\],"src":\[[^\]]*\]', b"", raw, count=1))
+    extend(exp_dir).run()
+    assert_index_as_if_rebuilt(exp_dir)
+    with open(path, "rb") as f:
+        assert json.loads(f.read())["columns"]["src"]  # written again, with the column
+
+
 def test_missing_index_is_rebuilt(stored):
     os.remove(os.path.join(stored, rec.INDEX_KEY))
     store = assert_consistent(stored)

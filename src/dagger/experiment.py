@@ -267,7 +267,7 @@ class Experiment:
             if "meta" in rec:
                 stored[rec["sha"]] = rec.pop("meta")
         if graph or tag_updates:
-            self.records.write_index(stored.values(), take_written(self.runtime))
+            self.records.write_index(stored, take_written(self.runtime))
         self._graph = None
         self.last_report = report
         if report.failures and raise_on_failure:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import operator
 import os
 import re
 import threading
@@ -349,11 +350,17 @@ class Records:
         """Every committed state's full metadata, by hash (see :meth:`load_index`)."""
         return self.load_index(on_corrupt).all_meta()
 
-    def write_index(self, metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> None:
-        """Rewrite the index; ``written`` adds commit-record texts that another Records wrote (see take_written)."""
+    def write_index(
+        self, metas: Iterable[dict[str, Any]] | StoredMetas, written: dict[str, tuple[str, str]] | None = None
+    ) -> None:
+        """Rewrite the index of ``metas`` (or of a run's :class:`StoredMetas`, copying unchanged states).
+
+        ``written`` adds commit-record texts that another Records wrote (see take_written).
+        """
         written = {**self.take_written(), **(written or {})}
         try:
-            self.store.put(INDEX_KEY, index_bytes(metas, written))
+            text = metas.index_bytes(written) if isinstance(metas, StoredMetas) else index_bytes(metas, written)
+            self.store.put(INDEX_KEY, text)
         except OSError:
             pass  # the index is an optimisation; the records are the truth
 
@@ -416,8 +423,22 @@ def recorded_source(meta: dict[str, Any]) -> str | None:
     return source if type(source) is str and source else None
 
 
-def _index_order(meta: dict[str, Any]) -> tuple[Any, Any]:
-    return (meta.get("depth", 0), meta.get("created", 0))
+_first = operator.itemgetter(0)
+
+# One state of the index as the writer needs it: (order, sha, rev, depth, parent sha, root
+# properties, tags, recipe source hash, the state's metadata as JSON text).
+_Row = tuple[Any, str, Any, Any, Any, Any, Any, "str | None", str]
+
+
+def _meta_row(meta: dict[str, Any], written: dict[str, tuple[str, str]], order: Any) -> _Row:
+    sha, rev = meta["sha"], meta.get("rev")
+    known = written.get(sha)
+    if known is not None and known[0] == rev and len(known[1]) > 2:
+        text = f'{known[1][:-1]},"rev":"{rev}"}}'
+    else:
+        text = _JSON.encode(meta)
+    depth = meta.get("depth", 0)
+    return (order, sha, rev, depth, meta.get("parent"), meta.get("properties"), meta.get("tags") or [], recorded_source(meta), text)
 
 
 def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> bytes:
@@ -426,14 +447,16 @@ def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, s
     ``written`` maps a sha to ``(rev, text)``, the JSON of its commit record as just written
     (without its rev): a record of the same rev is embedded from that text, not encoded again.
     """
+    written = written or {}
     with paused_gc():
-        return _index_bytes(metas, written or {})
+        rows = [_meta_row(m, written, (m.get("depth", 0), m.get("created", 0))) for m in metas]
+        return _index_text(rows)
 
 
-def _index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]]) -> bytes:
+def _index_text(rows: list[_Row]) -> bytes:
     encode = _JSON.encode
-    ordered = sorted(metas, key=_index_order)
-    place = {meta["sha"]: i for i, meta in enumerate(ordered)}
+    rows.sort(key=_first)
+    place = {row[1]: i for i, row in enumerate(rows)}
     table: dict[str, int] = {}
     states: dict[str, dict[str, Any]] = {}
     parent: list[int] = []
@@ -446,24 +469,15 @@ def _index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, 
     p = 0
     sources: dict[str, int] = {}
     src: list[int] = []
-    for meta in ordered:
-        sha, rev = meta["sha"], meta.get("rev")
-        known = written.get(sha)
-        if known is not None and known[0] == rev and len(known[1]) > 2:
-            text = f'{known[1][:-1]},"rev":"{rev}"}}'
-        else:
-            text = encode(meta)
+    for _, sha, rev, level, up, root, labels, source, text in rows:
         states[sha] = {"rev": rev, "at": offset}
-        up = meta.get("parent")
         parent.append(_NO_PARENT if up is None else place.get(up, _UNINDEXED_PARENT))
-        depth.append(meta.get("depth", 0))
-        root = meta.get("properties")
-        if root != last:  # states of one tree share their root's properties: encode them once
+        depth.append(level)
+        if root is not last and root != last:  # states of one tree share their root's properties
             p = table.setdefault(encode(root), len(table))
             last = root
         props.append(p)
-        tags.append(meta.get("tags") or [])
-        source = recorded_source(meta)
+        tags.append(labels)
         src.append(-1 if source is None else sources.setdefault(source, len(sources)))
         parts.append(text)
         offset += len(text) + 1  # and the comma
@@ -647,6 +661,54 @@ class SlimIndex:
             return self.meta(sha)
         return {"parent": None if up < 0 else self.shas[up], "depth": self.depth[i], "tags": self.tags[i]}
 
+    def spliced_rows(self, skip: set[str]) -> tuple[list[_Row], list[str]]:
+        """Index rows for the states not in ``skip``, their metadata taken as text from this file.
+
+        Each state's text is checked to start as its own record does (format and hash) and
+        to end where the next begins; the hashes whose text or columns do not serve are
+        returned apart, for their metadata to be decoded. Order: depth, then place here.
+        """
+        if not self.lazy or self.src is None:
+            return [], [sha for sha in self.shas if sha not in skip]
+        text = self._decoded_text()
+        base, n = self._base, len(self.shas)
+        starts: list[Any] = [entry.get("at") for entry in self.states.values()]
+        rows: list[_Row] = []
+        rest: list[str] = []
+        shas, parent, depth, props, p, tags, sources, src = (
+            self.shas, self.parent, self.depth, self.properties, self.p, self.tags, self.sources, self.src
+        )
+        for i, sha in enumerate(shas):
+            if sha in skip:
+                continue
+            at = starts[i]
+            following = len(text) - 1 - base if i == n - 1 else starts[i + 1]  # after "]" or ","
+            end = base + following - 1 if type(following) is int else -1
+            up = parent[i]
+            if (
+                type(at) is not int
+                or up == _UNINDEXED_PARENT
+                or not text.startswith(f'{{"format":{FORMAT_VERSION},"sha":"{sha}"', base + at)
+                or text[end - 1 : end + 1] not in ("},", "}]")
+            ):
+                rest.append(sha)
+                continue
+            k = src[i]
+            rows.append(
+                (
+                    (depth[i], 0, i),
+                    sha,
+                    self.states[sha].get("rev"),
+                    depth[i],
+                    None if up < 0 else shas[up],
+                    props[p[i]],
+                    tags[i],
+                    None if k < 0 else sources[k],
+                    text[base + at : end],
+                )
+            )
+        return rows, rest
+
     def all_meta(self) -> dict[str, dict[str, Any]]:
         """Every state's full metadata, by hash (the undecoded ones decoded in one pass)."""
         if not self.lazy:
@@ -740,6 +802,27 @@ class StoredMetas:
         metas = self.index.all_meta()
         metas.update(self.added)
         return metas.values()
+
+    def index_bytes(self, written: dict[str, tuple[str, str]]) -> bytes:
+        """The new index: states whose metadata did not change are copied from the old one as text.
+
+        Adding a few states to a large experiment then neither decodes nor encodes the
+        metadata of the others. Changed states (added, or given a new revision by this
+        run) are written from their metadata, as :func:`index_bytes` does.
+        """
+        index = self.index
+        if not index.lazy:
+            return index_bytes(self.values(), written)
+        changed = set(self.added)
+        changed.update(sha for sha, meta in index.decoded.items() if meta.get("rev") != index.states[sha].get("rev"))
+        with paused_gc():
+            rows, rest = index.spliced_rows(changed)
+            for sha in rest + sorted(changed, key=lambda s: s not in index):
+                meta = self.get(sha)
+                level = meta.get("depth", 0)
+                order = (level, 0, index._position(sha)) if sha in index else (level, 1, meta.get("created", 0))
+                rows.append(_meta_row(meta, written, order))
+            return _index_text(rows)
 
 
 def _recompute_hint(sha: str) -> str:
