@@ -196,17 +196,25 @@ def test_adding_states_and_retagging_one_keeps_the_index_exact(exp_dir):
     assert_index_as_if_rebuilt(exp_dir)
 
 
-def test_an_index_entry_that_does_not_check_out_is_not_copied(exp_dir):
-    chain(exp_dir).run()
-    path = os.path.join(exp_dir, rec.INDEX_KEY)
+def edit_index(directory, edit):
+    """Replace index.json by ``edit(its bytes)``."""
+    path = os.path.join(directory, rec.INDEX_KEY)
     with open(path, "rb") as f:
         raw = f.read()
-    victim = json.loads(raw)["metas"][5]["sha"]
-    other = "f" * 64
-    damaged = raw.replace(f'"sha":"{victim}","parent"'.encode(), f'"sha":"{other}","parent"'.encode(), 1)
-    assert damaged != raw and len(damaged) == len(raw)  # same layout: only its text is wrong
     with open(path, "wb") as f:
-        f.write(damaged)
+        f.write(edit(raw))
+
+
+def test_an_index_entry_that_does_not_check_out_is_not_copied(exp_dir):
+    chain(exp_dir).run()
+
+    def damage(raw):
+        victim = json.loads(raw)["metas"][5]["sha"]
+        damaged = raw.replace(f'"sha":"{victim}","parent"'.encode(), f'"sha":"{"f" * 64}","parent"'.encode(), 1)
+        assert damaged != raw and len(damaged) == len(raw)  # same layout: only its text is wrong
+        return damaged
+
+    edit_index(exp_dir, damage)
     extend(exp_dir).run()
     assert_index_as_if_rebuilt(exp_dir)
 
@@ -215,12 +223,9 @@ def test_an_index_without_the_source_column_is_rewritten_whole(exp_dir):
     import re
 
     chain(exp_dir).run()
-    path = os.path.join(exp_dir, rec.INDEX_KEY)
-    with open(path, "rb") as f:
-        raw = f.read()
-    with open(path, "wb") as f:
-        f.write(re.sub(rb',"sources":\[[^\]]*\],"src":\[[^\]]*\]', b"", raw, count=1))
+    edit_index(exp_dir, lambda raw: re.sub(rb',"sources":\[[^\]]*\],"src":\[[^\]]*\]', b"", raw, count=1))
     extend(exp_dir).run()
+    path = os.path.join(exp_dir, rec.INDEX_KEY)
     assert_index_as_if_rebuilt(exp_dir)
     with open(path, "rb") as f:
         assert json.loads(f.read())["columns"]["src"]  # written again, with the column
