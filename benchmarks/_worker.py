@@ -19,7 +19,7 @@ import time
 T0 = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _workload import State, define  # noqa: E402
+from _workload import Bump, State, define  # noqa: E402
 
 import dagger as dg  # noqa: E402
 from dagger.execution import resolve_scheduler  # noqa: E402
@@ -41,7 +41,9 @@ def mode_run(directory: str, shape: str, n: int, opts: dict) -> dict:
     scheduler_import_s = time.perf_counter() - t
     exp = dg.Experiment(directory, state_class=State, **opts.get("experiment", {}))
     t0 = time.perf_counter()
-    define(exp, shape, n, tags=opts.get("tags", 0))
+    promises = define(exp, shape, n, tags=opts.get("tags", 0))
+    for k in range(opts.get("add", 0)):  # new states below the last one: the tree grows by these
+        Bump(step=10**9 + 1000 * opts.get("add_seed", 0) + k)(promises[-1])
     t1 = time.perf_counter()
     c1 = time.process_time()
     report = exp.run(progress=False)

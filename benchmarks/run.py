@@ -164,6 +164,9 @@ KNOWN: dict[str, list[Row]] = {
         ("tree, per state", "tree_ms_per_state", "ms", 0.03, "0.18-0.39 ms", None, ""),
         ("slowest shape, per state", "worst_ms_per_state", "ms", 0.03, "0.18-0.39 ms", "ratio_to_index_read", "reading the index"),
         ("tree, defining again + run, per state", "tree_define_and_run_ms_per_state", "ms", None, "", None, ""),
+        ("chain plus one new state, whole run", "chain_add_one_state_ms", "ms", None, "", None, ""),
+        ("fan plus one new state, whole run", "fan_add_one_state_ms", "ms", None, "", None, ""),
+        ("tree plus one new state, whole run", "tree_add_one_state_ms", "ms", None, "", None, ""),
     ],
     "define": [
         ("4,000-state chain", "chain_4000_s", "s", 0.2, "3.5 s", "ratio_to_atomic_write_per_state", "atomic write (per state)"),
