@@ -817,7 +817,7 @@ class StoredMetas:
         changed.update(sha for sha, meta in index.decoded.items() if meta.get("rev") != index.states[sha].get("rev"))
         with paused_gc():
             rows, rest = index.spliced_rows(changed)
-            for sha in rest + sorted(changed, key=lambda s: s not in index):
+            for sha in rest + sorted(changed):  # sorted: the same index whatever the set's order
                 meta = self.get(sha)
                 level = meta.get("depth", 0)
                 order = (level, 0, index._position(sha)) if sha in index else (level, 1, meta.get("created", 0))
