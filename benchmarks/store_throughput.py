@@ -1,6 +1,6 @@
 """Store throughput: save and restore a state holding one large numpy array, against the raw disk.
 
-    python benchmarks/store_throughput.py [--size-mb 1024] [--repeat 3] [--dir PATH] [--fsync]
+    python benchmarks/store_throughput.py [--size-mb 1024] [--repeat 5] [--dir PATH] [--fsync]
 
 In the same run and the same folder, it times:
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     global _ARRAY
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--fsync", action="store_true", help="flush every file to the device")
     args = parser.parse_args(argv)
