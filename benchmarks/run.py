@@ -66,6 +66,7 @@ def run_script(name: str, timeout: float) -> dict[str, Any]:
     result.setdefault("workload", name)
     result["_script"] = name
     result["_seconds"] = round(elapsed, 1)
+    result["_date"] = _now()
     return result
 
 
@@ -382,12 +383,19 @@ def _cold_floor_note(results: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def render(results: list[dict[str, Any]], info: dict[str, Any], started: str, total_s: float) -> str:
+def render(
+    results: list[dict[str, Any]], info: dict[str, Any], started: str, total_s: float, rerun: list[str] | None = None
+) -> str:
     lines = [
         "# Benchmarks",
         "",
         "Produced by `python benchmarks/run.py` (do not edit by hand: it rewrites this page).",
-        f"Date: {started} UTC; the whole suite took {total_s / 60:.1f} min.",
+        (
+            f"Date: {started} UTC: reran {', '.join(rerun)} ({total_s / 60:.1f} min); every other section keeps "
+            "the figures of its own last run (dated under its title where known)."
+            if rerun
+            else f"Date: {started} UTC; the whole suite took {total_s / 60:.1f} min."
+        ),
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
@@ -420,7 +428,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], started: str, to
         name = result.get("_script", result.get("workload", "?"))
         lines.append(f"## {TITLES.get(name, name.replace('_', ' ').capitalize())}")
         lines.append("")
-        lines.append(f"`benchmarks/{name}.py`" + (f", {result['_seconds']} s" if "_seconds" in result else ""))
+        when = f", {result['_date']} UTC" if "_date" in result else ""
+        lines.append(f"`benchmarks/{name}.py`" + (f", {result['_seconds']} s" if "_seconds" in result else "") + when)
         lines.append("")
         if "error" in result:
             lines.append(f"Did not complete: {result['error']}")
@@ -479,6 +488,7 @@ def main(argv: list[str]) -> int:
         del os.environ["DAGGER_BENCH_SESSION"]
         shutil.rmtree(session, ignore_errors=True)
     total = time.perf_counter() - t0
+    rerun = [r["_script"] for r in results] if wanted else None
     if wanted:  # a partial run: keep the page's figures for the scripts not rerun
         kept = previous_results()
         ran = {r["_script"] for r in results}
@@ -488,7 +498,7 @@ def main(argv: list[str]) -> int:
     if write_docs:
         os.makedirs(os.path.dirname(DOC), exist_ok=True)
         with open(DOC, "w") as f:
-            f.write(render(results, machine(), started, total))
+            f.write(render(results, machine(), started, total, rerun=rerun))
         print(f"# wrote {os.path.relpath(DOC, ROOT)}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
 
