@@ -283,7 +283,7 @@ class Experiment:
         import sys
 
         try:
-            done = len(self.records.load_all_meta(on_corrupt=self._warn_corrupt))
+            done = len(self.records.load_index(on_corrupt=self._warn_corrupt))  # counted, not decoded
         except Exception:  # noqa: BLE001 - the interrupt is what must surface
             done = -1
         self._graph = None

@@ -409,7 +409,6 @@ def paused_gc() -> Iterator[None]:
 
 _INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
 _INDEX_HEAD = f'{{"format":"{_INDEX_FORMAT}","states":'
-_COLUMNS = ("properties", "parent", "depth", "p", "tags")
 _DECODER = json.JSONDecoder()
 _METAS_START = b',"metas":['
 _NO_PARENT = -1
