@@ -118,6 +118,18 @@ def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_aga
         assert {m["sha"]: m for m in json.loads(f.read())["metas"]} == truth(exp_dir)
 
 
+def test_only_a_process_that_writes_the_index_keeps_the_records_text(exp_dir):
+    # A cluster worker writes commit records but never the index: it must not gather their text.
+    worker = rec.Records(LocalStore(exp_dir))
+    worker.write_meta({"sha": "a" * 64, "format": 1})
+    assert worker.take_written() == {}
+    client = rec.Records(LocalStore(exp_dir))
+    client.keep_written = True
+    rev = client.write_meta({"sha": "b" * 64, "format": 1})
+    assert client.take_written() == {"b" * 64: (rev, '{"sha":"' + "b" * 64 + '","format":1}')}
+    assert client.take_written() == {}  # taken once
+
+
 def test_a_fully_cached_rerun_decodes_no_metadata_until_its_report_is_read(exp_dir, monkeypatch):
     first = chain(exp_dir).run()
     decoded = []

@@ -70,6 +70,11 @@ class Runtime:
         return recs
 
 
+def keep_written(runtime: Runtime) -> None:
+    """Have this process's tasks for ``runtime``'s store keep the commit records' text (see take_written)."""
+    runtime.records().keep_written = True
+
+
 def take_written(runtime: Runtime) -> dict[str, tuple[str, str]]:
     """The commit records this process's tasks wrote for ``runtime``'s store, as text (for the index).
 

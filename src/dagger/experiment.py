@@ -30,6 +30,7 @@ from dagger.execution import (
     failure_key,
     forget_recent,
     jsonable,
+    keep_written,
     resolve_scheduler,
     run_task,
     take_written,
@@ -77,6 +78,7 @@ class Experiment:
         self.store = open_store(directory, fsync=fsync, **self.storage_options)
         self.directory = self.store.url
         self.records = Records(self.store, blob_threshold, verify_blobs)
+        self.records.keep_written = True  # it writes the index from them (re-tagged states)
         self.runtime = Runtime(
             location=self.store.url,
             storage_options=self.storage_options,
@@ -214,6 +216,7 @@ class Experiment:
 
         start = time.time()
         forget_recent(self.runtime)
+        keep_written(self.runtime)
         # Decoded only where needed: a cached state's existence, tags and recipe source come from
         # the index's columns.
         stored = StoredMetas(self.records.load_index(on_corrupt=self._warn_corrupt))

@@ -119,6 +119,9 @@ class Records:
         self._recent_lock = threading.Lock()
         # The JSON text of each commit record this process wrote since the last index write,
         # as ``{sha: (rev, text)}``: the index embeds the same text instead of encoding it again.
+        # Kept only where an index will be written from them (``keep_written``): a cluster
+        # worker, which never writes the index, would otherwise gather them forever.
+        self.keep_written = False
         self._written: dict[str, tuple[str, str]] = {}
 
     def _remember(self, sha: str, data: bytes, blobs: list[tuple[str, int]]) -> None:
@@ -204,7 +207,8 @@ class Records:
         body = {k: v for k, v in meta.items() if k != "rev"}
         text = _JSON.encode(body)
         self.store.put(meta_key(meta["sha"], rev), text.encode())
-        self._written[meta["sha"]] = (rev, text)  # the index reuses the text (see write_index)
+        if self.keep_written:
+            self._written[meta["sha"]] = (rev, text)  # the index reuses the text (see write_index)
         if old_rev is not None:
             self.store.delete(meta_key(meta["sha"], old_rev))
         meta["rev"] = rev
