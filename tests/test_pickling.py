@@ -62,6 +62,52 @@ def test_equal_arrays_share_one_blob():
     assert len(names) == 2 and names[0] == names[1] and len(blobs.data) == 1
 
 
+class _PicklesAState:
+    """Pickling it pickles another object through dagger first (a dump inside a dump)."""
+
+    def __init__(self, blobs):
+        self.blobs = blobs
+
+    def __reduce__(self):
+        inner, names = pickling.dumps({"inner": np.arange(3)}, self.blobs.sink)
+        return (bytes, (inner,))
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("no pickling me")
+
+
+def test_the_reused_pickler_starts_each_state_afresh():
+    import gc
+    import weakref
+
+    blobs = MemoryBlobs()
+    big = np.ones(20_000)
+    first = pickling.dumps({"a": big, "f": _module_function}, blobs.sink)
+    # The same objects again: a memo left from the first dump would turn them into back-references.
+    assert pickling.dumps({"a": big, "f": _module_function}, blobs.sink) == first
+    # A failed dump leaves the pickler usable, and nothing of the failed state in its output.
+    with pytest.raises(TypeError, match="no pickling me"):
+        pickling.dumps([np.zeros(3), _Unpicklable()], blobs.sink)
+    assert pickling.dumps({"a": big, "f": _module_function}, blobs.sink) == first
+    # A dump inside a dump (a reducer that pickles through dagger) gets its own pickler.
+    data, _ = pickling.dumps({"outer": _PicklesAState(blobs), "x": 1}, blobs.sink)
+    back = pickling.loads(data, [], blobs.source)
+    assert back["x"] == 1 and pickling.loads(back["outer"], [], blobs.source)["inner"].tolist() == [0, 1, 2]
+    # Nothing pickled stays alive in the reused pickler (its memo would keep whole states).
+    kept = np.ones(10)
+    ref = weakref.ref(kept)
+    pickling.dumps({"kept": kept}, blobs.sink)
+    del kept
+    gc.collect()
+    assert ref() is None
+
+
+def _module_function():
+    return 1
+
+
 def test_large_bytes_and_truncated_pickles():
     blobs = MemoryBlobs()
     payload = os.urandom(200_000)

@@ -95,6 +95,43 @@ def forget_recent(runtime: Runtime) -> None:
 # One Records per store per process: workers reuse their store connection.
 _RECORDS: dict[tuple[Any, ...], Records] = {}
 
+_TASK_CLASSES: tuple[Any, Any] | None = None
+
+
+def _task_classes() -> tuple[Any, Any]:
+    """dask's Task and TaskRef (dask 2024.12 and later), or Nones; imported on first use, like dask."""
+    global _TASK_CLASSES
+    if _TASK_CLASSES is None:
+        try:
+            from dask._task_spec import Task, TaskRef
+
+            _TASK_CLASSES = (Task, TaskRef)
+        except ImportError:  # pragma: no cover - an older dask: legacy tuple tasks
+            _TASK_CLASSES = (None, None)
+    return _TASK_CLASSES
+
+
+def state_task(runtime: Runtime, spec: TaskSpec, parent: str | None) -> Any:
+    """The Dask task for ``spec``'s state, depending on the task of ``parent`` when one is given.
+
+    A Task object where dask has them: dask would otherwise convert every tuple task itself.
+    """
+    task, ref = _TASK_CLASSES or _task_classes()
+    if task is None:  # pragma: no cover - an older dask
+        return (run_task, runtime, spec, parent) if parent is not None else (run_task, runtime, spec)
+    if parent is not None:
+        return task(spec.sha, run_task, runtime, spec, ref(parent))
+    return task(spec.sha, run_task, runtime, spec)
+
+
+def task_spec(task: Any) -> tuple[TaskSpec | None, list[str]]:
+    """The TaskSpec a graph entry made by :func:`state_task` runs, and the keys it depends on."""
+    if isinstance(task, tuple):
+        args, deps = task[1:], [a for a in task[3:] if isinstance(a, str)]
+    else:
+        args, deps = getattr(task, "args", ()), sorted(getattr(task, "dependencies", ()))
+    return next((a for a in args if isinstance(a, TaskSpec)), None), deps
+
 
 @dataclass(eq=False)
 class TaskSpec:

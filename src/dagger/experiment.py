@@ -32,7 +32,7 @@ from dagger.execution import (
     jsonable,
     keep_written,
     resolve_scheduler,
-    run_task,
+    state_task,
     take_written,
 )
 from dagger.promise import ExperimentStatePromise
@@ -40,7 +40,7 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import Records, StoredMetas
+from dagger.store.records import Records, StoredMetas, frozen_gc, paused_gc
 
 
 class Experiment:
@@ -225,28 +225,26 @@ class Experiment:
         graph: dict[str, Any] = {}
         plan: dict[str, str] = {}
         tag_updates: list[dict[str, Any]] = []
-        for promise in selected:
-            sha = promise._sha
-            known = sha in stored
-            if not known or sha in forced:
-                plan[sha] = "compute"
-            elif promise.functions:
-                plan[sha] = "evaluate"
-            else:
-                if promise.tags and set(promise.tags) != set(stored.tags(sha)):
-                    updated = stored[sha]
-                    tag_updates.append(updated)
-                    updated["tags"] = list(promise.tags)
-                continue
-            meta: dict[str, Any] | None = stored.get(sha) if known else None
-            spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
-            if spec.compute:
-                self._explain(spec, meta, forced.get(sha))
-            parent = promise.parent
-            if parent is not None and plan.get(parent._sha) == "compute":
-                graph[sha] = (run_task, self.runtime, spec, parent._sha)
-            else:
-                graph[sha] = (run_task, self.runtime, spec)
+        with paused_gc():  # thousands of specs that all stay alive: no collection would free any
+            for promise in selected:
+                sha = promise._sha
+                known = sha in stored
+                if not known or sha in forced:
+                    plan[sha] = "compute"
+                elif promise.functions:
+                    plan[sha] = "evaluate"
+                else:
+                    if promise.tags and set(promise.tags) != set(stored.tags(sha)):
+                        updated = stored[sha]
+                        tag_updates.append(updated)
+                        updated["tags"] = list(promise.tags)
+                    continue
+                meta: dict[str, Any] | None = stored.get(sha) if known else None
+                spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
+                if spec.compute:
+                    self._explain(spec, meta, forced.get(sha))
+                parent = promise.parent._sha if promise.parent is not None else None
+                graph[sha] = state_task(self.runtime, spec, parent if plan.get(parent or "") == "compute" else None)
         for meta in tag_updates:
             self.records.write_meta(meta, old_rev=meta.get("rev"))
         records: list[dict[str, Any]] = []
@@ -255,7 +253,7 @@ class Experiment:
             keys = list(graph)
             n_cached = sum(1 for p in selected if p._sha not in graph)
             try:
-                with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar:
+                with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar, frozen_gc():
                     bar.counts["cached"] = n_cached
                     records = bar.collect(get, graph, keys)
             except KeyboardInterrupt:

@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+from dagger.execution import task_spec
+
 _STATUSES = ("computed", "cached", "failed", "skipped")
 
 
@@ -228,7 +230,7 @@ class Progress:
                 out[key] = got[key]
                 continue
             task = graph.get(key)
-            parents = [a for a in task[3:] if isinstance(a, str) and a in out] if isinstance(task, tuple) else []
+            parents = [d for d in task_spec(task)[1] if d in out]
             bad = next((p for p in parents if out[p].get("status") in ("failed", "skipped")), None)
             out[key] = _lost(key, fut, task)
             if bad is not None:  # Dask erred it because its parent was lost: skipped, as on local schedulers
@@ -247,7 +249,7 @@ def _isatty(stream: Any) -> bool:
 
 def _lost(key: str, future: Any, task: Any = None) -> dict[str, Any]:
     """A task that Dask itself lost (e.g. its worker died too often): report it failed."""
-    spec = next((a for a in task[1:] if hasattr(a, "label")), None) if isinstance(task, tuple) else None
+    spec = task_spec(task)[0] if task is not None else None
     try:
         exc = future.exception()
     except Exception as err:  # noqa: BLE001

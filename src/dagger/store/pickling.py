@@ -58,19 +58,42 @@ def _dispatch_table() -> dict[Any, Any]:
 
 
 class _StatePickler(cloudpickle.Pickler):
-    def __init__(self, file: io.BytesIO, sink: BlobSink, threshold: int) -> None:
+    """cloudpickle's pickler, plus blobs and torch storages; reused by its thread, one state at a time."""
+
+    _sink: BlobSink | None
+    blobs: list[tuple[str, int]]
+
+    def __init__(self) -> None:
         self.dispatch_table = _dispatch_table()  # before __init__, which reads it once
-        super().__init__(file, protocol=5, buffer_callback=self._out_of_band)
+        self.file = io.BytesIO()
+        super().__init__(self.file, protocol=5, buffer_callback=self._out_of_band)
+        self.busy = False
+        self._end()
+
+    def _begin(self, sink: BlobSink, threshold: int) -> None:
+        self.busy = True
         self._sink = sink
         self._threshold = threshold
-        self.blobs: list[tuple[str, int]] = []
-        self._storages: dict[tuple[Any, ...], int] = {}
         self._torch = sys.modules.get("torch")
+
+    def _end(self) -> None:
+        """Forget the last state: the memo and every reference to its objects, the bytes written."""
+        self.clear_memo()
+        self.globals_ref: dict[int, dict[str, Any]] = {}  # cloudpickle: function globals by id, per pickle
+        self.file.seek(0)
+        self.file.truncate()
+        self.blobs = []
+        self._storages: dict[tuple[Any, ...], int] = {}
+        self._sink = None
+        self._threshold = DEFAULT_THRESHOLD
+        self._torch = None
+        self.busy = False
 
     def _out_of_band(self, buf: pickle.PickleBuffer) -> bool:
         view = buf.raw()
         if view.nbytes < self._threshold:
             return True  # small: keep in band
+        assert self._sink is not None  # set for the duration of a dump
         self.blobs.append((self._sink(view), view.nbytes))
         return False
 
@@ -114,18 +137,25 @@ class _StatePickler(cloudpickle.Pickler):
         return (_rebuild_storage, (ident, data, typed, dtype, str(untyped.device)))
 
 
+# Each thread's pickler, reused from state to state: building one costs as much as pickling a small state.
+_PICKLERS = threading.local()
+
+
 def dumps(obj: Any, sink: BlobSink, threshold: int = DEFAULT_THRESHOLD) -> tuple[bytes, list[tuple[str, int]]]:
     """Pickle ``obj``; return the pickle and the ``(blob hash, size)`` of each out-of-band buffer."""
-    f = io.BytesIO()
-    p = _StatePickler(f, sink, threshold)
+    p = getattr(_PICKLERS, "pickler", None)
+    if p is None or p.busy or p.dispatch_table is not _dispatch_table():
+        p = _StatePickler()
+        if not getattr(getattr(_PICKLERS, "pickler", None), "busy", False):
+            _PICKLERS.pickler = p  # not while a dump in progress (a reducer pickling a state) holds it
+    p._begin(sink, threshold)
     try:
         p.dump(obj)
+        return p.file.getvalue(), p.blobs
     finally:
-        # The pickler refers to itself (its buffer_callback is a bound method), so only the
-        # cyclic GC would free it, and its memo keeps every pickled object (the whole state,
-        # large arrays included) alive until then: release them now.
-        p.clear_memo()
-    return f.getvalue(), p.blobs
+        # The memo keeps every pickled object (the whole state, large arrays included) alive:
+        # release them now, not at the next state.
+        p._end()
 
 
 def loads(data: bytes | memoryview, blobs: Sequence[tuple[str, int]], source: BlobSource, map_location: Any = None) -> Any:
