@@ -96,6 +96,23 @@ def test_counts_on_every_local_scheduler(exp_dir, scheduler):
     assert final["computed"] == 5
 
 
+def test_single_threaded_progress_counts_one_state_at_a_time(exp_dir, monkeypatch):
+    # Without a display dagger hands Dask every ready state as one batch; with one, each state
+    # must start and end on its own, or the line would show a whole batch "running" at once.
+    seen = []
+    started = Progress.started
+
+    def watch(self):
+        started(self)
+        seen.append(self.running)
+
+    monkeypatch.setattr(Progress, "started", watch)
+    exp = dg.Experiment(exp_dir, state_class=State)
+    define(exp)
+    exp.run(progress=Lines())
+    assert len(seen) == 5 and max(seen) == 1  # root, then two branches of two states each
+
+
 def test_cached_states_count_as_cached(exp_dir):
     exp = dg.Experiment(exp_dir, state_class=State)
     define(exp)

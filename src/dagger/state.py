@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dagger.errors import DefinitionError, DeflatedStateError
+from dagger.store.pickling import _LargeBytes, wrap_large_bytes
 
 if TYPE_CHECKING:
     from dagger.graph import StaticExperimentTree
@@ -190,13 +191,9 @@ class ExperimentState:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __getstate__(self) -> dict[str, Any]:
-        from dagger.store.pickling import wrap_large_bytes
-
         return {k: wrap_large_bytes(v) for k, v in self.__dict__.items() if k not in _INTERNAL}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from dagger.store.pickling import _LargeBytes
-
         # copy.copy() hands back __getstate__'s dict as is: unwrap large bytes it wrapped.
         self.__dict__.update({k: v.data if type(v) is _LargeBytes else v for k, v in state.items()})
 
