@@ -3,9 +3,10 @@
     python benchmarks/_worker.py MODE DIRECTORY SHAPE N [extra json]
 
 MODE is ``run`` (define then run: a cold build or a cached rerun, depending on
-what the folder holds), ``define`` (define only; with memory),
-``restore`` (``Experiment.restore(slim=True)``) or ``tags`` (tag queries on a
-restored tree). Times are taken inside the process, around the work itself,
+what the folder holds), ``dask`` (plain Dask, a no-op task per state: the
+floor of a cold run), ``define`` (define only; with memory), ``restore``
+(``Experiment.restore(slim=True)``) or ``tags`` (tag queries on a restored
+tree). Times are taken inside the process, around the work itself,
 so interpreter start-up and imports are not counted (they are reported apart).
 """
 
@@ -122,7 +123,27 @@ def mode_tags(directory: str, shape: str, n: int, opts: dict) -> dict:
     return out
 
 
-MODES = {"run": mode_run, "define": mode_define, "restore": mode_restore, "tags": mode_tags}
+def _noop(*parents: dict) -> dict:
+    return {"status": "computed"}
+
+
+def mode_dask(directory: str, shape: str, n: int, opts: dict) -> dict:
+    """Plain Dask, the floor of a cold run: one no-op task per state, same graph shape and batching."""
+    from dask._task_spec import Task, TaskRef
+
+    get, _ = resolve_scheduler("single-threaded")
+    t0 = time.perf_counter()
+    graph = {}
+    for i in range(n):
+        parent = None if i == 0 else {"chain": i - 1, "fan": 0, "tree": (i - 1) // 2}[shape]
+        key = f"s{i}"
+        graph[key] = Task(key, _noop, TaskRef(f"s{parent}")) if parent is not None else Task(key, _noop)
+    results = get(graph, list(graph))
+    assert len(results) == n
+    return {"run_s": time.perf_counter() - t0}
+
+
+MODES = {"dask": mode_dask, "run": mode_run, "define": mode_define, "restore": mode_restore, "tags": mode_tags}
 
 
 if __name__ == "__main__":
