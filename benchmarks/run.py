@@ -355,10 +355,11 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   pickling and its checksum, unpickling the parent's copy, seeding, the commit record's JSON
   (12% of the instructions: float formatting and string escaping), the lock and the
   committed-meanwhile check. Inside a run each of these costs 2-4x what it costs in a tight
-  loop (cold caches). On a quiet minute the fan reaches 0.26-0.30 ms per state on this disk;
-  on a loaded one 0.37-0.43. Meeting 0.25 ms whatever the load would take fewer files per
-  state (an append-only pack of pickles and a log of commit records, about 75 us less on this
-  disk): a storage-format change that is not made here.
+  loop (cold caches). Two full runs of this suite 27 minutes apart, on nearly the same code,
+  gave a slowest shape of 0.261 ms (chain; fan 0.241, tree 0.258) and 0.327 ms (fan; chain
+  0.320, tree 0.286), while the instruction counts stayed within 1%. Meeting 0.25 ms whatever
+  the load would take fewer files per state (an append-only pack of pickles and a log of
+  commit records, about 75 us less on this disk): a storage-format change not made here.
 
 `python benchmarks/_ab.py OLD_SRC` compares another copy of dagger (e.g. `git archive
 <rev> src` unpacked in OLD_SRC) with this one, alternating run by run so both see the
