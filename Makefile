@@ -29,6 +29,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
+# benchmarks/instructions.py counts instructions with valgrind (apt-get install valgrind);
+# without it, that section of docs/benchmarks.md says it was skipped.
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 

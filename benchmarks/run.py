@@ -474,6 +474,9 @@ def render(
             lines.append(f"Did not complete: {result['error']}")
             lines.append("")
             continue
+        if "skipped" in result:
+            lines += [f"Skipped: {result['skipped']}.", ""]
+            continue
         if "_lines" in result:
             for item in result["_lines"]:
                 lines += [f"**{item.get('scenario', item.get('workload', name))}**", ""] + _generic_table(item) + [""]
