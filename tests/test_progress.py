@@ -97,8 +97,8 @@ def test_counts_on_every_local_scheduler(exp_dir, scheduler):
 
 
 def test_single_threaded_progress_counts_one_state_at_a_time(exp_dir, monkeypatch):
-    # Without a display dagger hands Dask every ready state as one batch; with one, each state
-    # must start and end on its own, or the line would show a whole batch "running" at once.
+    # Each state starts and ends on its own: a batch of ready states handed to Dask at once would
+    # show as several "running" on a single thread.
     seen = []
     started = Progress.started
 

@@ -9,7 +9,6 @@ every descendant is skipped, so one failing branch never stops the others.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
@@ -395,10 +394,7 @@ def resolve_scheduler(scheduler: Any, num_workers: int | None = None) -> tuple[A
     if scheduler in (None, "single-threaded", "sync", "synchronous"):
         from dask.local import get_sync
 
-        # chunksize=-1: every state ready at a moment runs as one batch, instead of one queued
-        # future per state (a fifth less of Dask's bookkeeping per task in a fan or a tree).
-        # Progress hooks pass chunksize=1, to count each state as it ends.
-        return functools.partial(get_sync, chunksize=-1), None
+        return get_sync, None
     if scheduler == "threads":
         from dask.threaded import get as get_threads
 

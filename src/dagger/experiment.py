@@ -40,7 +40,7 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import Records, StoredMetas, frozen_gc, paused_gc
+from dagger.store.records import Records, StoredMetas, paused_gc
 
 
 class Experiment:
@@ -253,7 +253,7 @@ class Experiment:
             keys = list(graph)
             n_cached = sum(1 for p in selected if p._sha not in graph)
             try:
-                with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar, frozen_gc():
+                with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar:
                     bar.counts["cached"] = n_cached
                     records = bar.collect(get, graph, keys)
             except KeyboardInterrupt:

@@ -187,7 +187,7 @@ class Progress:
                 progress.finished(result)
 
         with _Hook():
-            return list(get(graph, keys, chunksize=1))  # one state at a time, so each is counted as it ends
+            return list(get(graph, keys))
 
     def _collect_distributed(self, client: Any, graph: dict[str, Any], keys: list[str]) -> list[dict[str, Any]]:
         from distributed import as_completed

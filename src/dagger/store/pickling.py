@@ -71,6 +71,7 @@ class _StatePickler(cloudpickle.Pickler):
         self._end()
 
     def _begin(self, sink: BlobSink, threshold: int) -> None:
+        self._end()  # again: a Ctrl-C inside the last _end() must not leave its memo to this state
         self.busy = True
         self._sink = sink
         self._threshold = threshold
@@ -139,19 +140,28 @@ class _StatePickler(cloudpickle.Pickler):
 
 # Each thread's pickler, reused from state to state: building one costs as much as pickling a small state.
 _PICKLERS = threading.local()
+# Only after a small pickle: clear_memo() empties the memo table but never shrinks it, and zeroes
+# all of it at every later dump. A pickle of at most this many bytes memoized at most about half
+# as many objects (each costs a byte or more), so the table kept stays small.
+_REUSE_MAX_BYTES = 2048
 
 
 def dumps(obj: Any, sink: BlobSink, threshold: int = DEFAULT_THRESHOLD) -> tuple[bytes, list[tuple[str, int]]]:
     """Pickle ``obj``; return the pickle and the ``(blob hash, size)`` of each out-of-band buffer."""
-    p = getattr(_PICKLERS, "pickler", None)
-    if p is None or p.busy or p.dispatch_table is not _dispatch_table():
+    cached: _StatePickler | None = getattr(_PICKLERS, "pickler", None)
+    if cached is not None and not cached.busy and cached.dispatch_table is _dispatch_table():
+        p = cached
+    else:
         p = _StatePickler()
-        if not getattr(getattr(_PICKLERS, "pickler", None), "busy", False):
+        if cached is None or not cached.busy:
             _PICKLERS.pickler = p  # not while a dump in progress (a reducer pickling a state) holds it
-    p._begin(sink, threshold)
     try:
+        p._begin(sink, threshold)
         p.dump(obj)
-        return p.file.getvalue(), p.blobs
+        data = p.file.getvalue()
+        if len(data) > _REUSE_MAX_BYTES and getattr(_PICKLERS, "pickler", None) is p:
+            _PICKLERS.pickler = None  # a large memo table: the next state gets a new pickler
+        return data, p.blobs
     finally:
         # The memo keeps every pickled object (the whole state, large arrays included) alive:
         # release them now, not at the next state.

@@ -411,26 +411,6 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-@contextmanager
-def frozen_gc() -> Iterator[None]:
-    """Keep the cyclic garbage collector off the objects that exist now, while it runs on new ones.
-
-    A run builds thousands of objects that stay alive throughout (promises, task
-    specs, the Dask graph); every collection during the run would scan them
-    again. ``gc.freeze`` sets them aside until the end, while garbage that
-    recipes make (cycles in a model, say) is still collected as usual. Nothing
-    changes where objects were frozen already (by the user, before forking).
-    """
-    if not gc.isenabled() or gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 _INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
 _INDEX_HEAD = f'{{"format":"{_INDEX_FORMAT}","states":'
 _DECODER = json.JSONDecoder()
