@@ -338,16 +338,18 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   round of cold-run changes was measured in user-space instructions with valgrind
   (`benchmarks/instructions.py`, below). Before it, a cold state cost 1,002,852 (fan),
   977,209 (chain) and 1,009,923 (tree) instructions, its definition included; plain Dask
-  costs 158,000-188,000 per no-op task. Changed: tasks are Dask `Task` objects, so Dask no
-  longer converts tuple tasks (8.5 us less per task in a no-op graph); when nothing is drawn,
-  the synchronous scheduler takes every ready state as one batch (`chunksize=-1`: Dask's own
-  bookkeeping per no-op task 35 -> 19 us in a tree, 32 -> 26 us in a fan, unchanged in a
-  chain), while the progress display still counts one state at a time; each thread reuses
-  one pickler (building cloudpickle's pickler cost as much as pickling a small state: 21 ->
-  13 us); the cyclic collector is kept off the objects alive when the run starts
-  (`gc.freeze` until the run ends: collections took 26 us per state, now about 10, and
-  garbage that recipes make is still collected); the state's pickling helpers are imported
-  once, not at each call.
+  costs 158,000-188,000 per no-op task. Kept: tasks are Dask `Task` objects, so Dask no
+  longer converts tuple tasks (8.5 us less per task in a no-op graph); each thread reuses one
+  pickler after small pickles (building cloudpickle's pickler cost as much as pickling a
+  small state: 21 -> 13 us; after a large pickle the pickler is dropped, because its memo
+  table never shrinks); the state's pickling helpers are imported once, not at each call;
+  the existence check of a missing file no longer builds an exception. Tried and taken back
+  after review: running every ready state as one Dask batch (`chunksize=-1`: Dask's
+  bookkeeping per no-op task 35 -> 19 us in a tree) made single-threaded runs breadth-first
+  whenever no progress line was drawn, so an interrupted sweep would leave no branch whole;
+  `gc.freeze` for the length of a run (collections 26 -> 10 us per state) also froze garbage
+  that existed before the run (a dropped model in a reference cycle) so that a recipe's
+  `gc.collect()` could not free it.
 - **Where a cold state's time goes now** (fan of 2,000, timed inside one run): about 50 us
   outside the tasks (33 us before the first task starts: task specs and Dask ordering the
   graph; 15-25 us after the last: the report and the index); Dask's bookkeeping; and in the
@@ -355,11 +357,13 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   pickling and its checksum, unpickling the parent's copy, seeding, the commit record's JSON
   (12% of the instructions: float formatting and string escaping), the lock and the
   committed-meanwhile check. Inside a run each of these costs 2-4x what it costs in a tight
-  loop (cold caches). Two full runs of this suite 27 minutes apart, on nearly the same code,
-  gave a slowest shape of 0.261 ms (chain; fan 0.241, tree 0.258) and 0.327 ms (fan; chain
-  0.320, tree 0.286), while the instruction counts stayed within 1%. Meeting 0.25 ms whatever
-  the load would take fewer files per state (an append-only pack of pickles and a log of
-  commit records, about 75 us less on this disk): a storage-format change not made here.
+  loop (cold caches). With the two changes taken back still in, two full runs of this suite
+  27 minutes apart gave a slowest shape of 0.261 ms (chain; fan 0.241, tree 0.258) and
+  0.327 ms (fan; chain 0.320, tree 0.286), while the instruction counts stayed within 1%;
+  the cold-run, instruction and scaling sections below were rerun without them. Meeting
+  0.25 ms whatever the load would take fewer files per state (an append-only pack of
+  pickles and a log of commit records, about 75 us less on this disk): a storage-format
+  change not made here.
 
 `python benchmarks/_ab.py OLD_SRC` compares another copy of dagger (e.g. `git archive
 <rev> src` unpacked in OLD_SRC) with this one, alternating run by run so both see the
