@@ -385,7 +385,6 @@ def _process_get(num_workers: int | None) -> Any:
 
 # ---- schedulers --------------------------------------------------------------------
 
-
 SCHEDULERS = ("single-threaded", "threads", "processes")
 
 

@@ -244,7 +244,8 @@ class Experiment:
                 if spec.compute:
                     self._explain(spec, meta, forced.get(sha))
                 parent = promise.parent._sha if promise.parent is not None else None
-                graph[sha] = state_task(self.runtime, spec, parent if plan.get(parent or "") == "compute" else None)
+                depends = parent is not None and plan.get(parent) == "compute"
+                graph[sha] = state_task(self.runtime, spec, parent if depends else None)
         for meta in tag_updates:
             self.records.write_meta(meta, old_rev=meta.get("rev"))
         records: list[dict[str, Any]] = []

@@ -249,7 +249,7 @@ def _isatty(stream: Any) -> bool:
 
 def _lost(key: str, future: Any, task: Any = None) -> dict[str, Any]:
     """A task that Dask itself lost (e.g. its worker died too often): report it failed."""
-    spec = task_spec(task)[0] if task is not None else None
+    spec = task_spec(task)[0]
     try:
         exc = future.exception()
     except Exception as err:  # noqa: BLE001

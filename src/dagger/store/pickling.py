@@ -71,7 +71,6 @@ class _StatePickler(cloudpickle.Pickler):
         self._end()
 
     def _begin(self, sink: BlobSink, threshold: int) -> None:
-        self._end()  # again: a Ctrl-C inside the last _end() must not leave its memo to this state
         self.busy = True
         self._sink = sink
         self._threshold = threshold
@@ -88,6 +87,7 @@ class _StatePickler(cloudpickle.Pickler):
         self._sink = None
         self._threshold = DEFAULT_THRESHOLD
         self._torch = None
+        # Last: a Ctrl-C anywhere above leaves the pickler busy, so it is never reused half reset.
         self.busy = False
 
     def _out_of_band(self, buf: pickle.PickleBuffer) -> bool:
