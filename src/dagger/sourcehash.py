@@ -197,7 +197,7 @@ def find_changes(
         if not recorded:
             continue
         current = hashes(type(recipe))
-        if recorded and current and recorded != current:
+        if current and recorded != current:
             changed[promise._sha] = type(recipe).__qualname__
     return changed
 
