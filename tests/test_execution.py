@@ -280,3 +280,28 @@ def test_single_threaded_runs_finish_one_branch_before_the_next(tmp_path, progre
     assert len(STEPS_RUN) == 9
     runs = [STEPS_RUN[i] for i in range(9) if i == 0 or STEPS_RUN[i] != STEPS_RUN[i - 1]]
     assert sorted(runs) == ["a", "b", "c"], STEPS_RUN  # each branch ran in one stretch
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
+def test_a_forked_child_names_itself_and_its_temporary_files_by_its_own_pid(tmp_path):
+    import os
+
+    from dagger.execution import worker_name
+    from dagger.store import LocalStore
+
+    store = LocalStore(str(tmp_path))
+    parent_tmp = store._tmp_path()
+    assert f"{os.getpid():x}-" in parent_tmp and worker_name().endswith(f":{os.getpid()}")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        try:
+            os.write(write, f"{worker_name()}|{store._tmp_path()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        name, tmp = f.read().split("|")
+    os.waitpid(pid, 0)
+    assert name.endswith(f":{pid}")
+    assert f"{pid:x}-" in tmp and tmp != parent_tmp

@@ -23,6 +23,7 @@ from typing import Any
 from dagger.errors import DefinitionError, RecipeReturnError
 from dagger.state import ExperimentState
 from dagger.store import open_store
+from dagger.store._local import current_pid
 from dagger.store.records import Records, encode_json, state_key
 
 _HOST = socket.gethostname()
@@ -164,7 +165,7 @@ def worker_name() -> str:
             pass
     thread = threading.current_thread()
     suffix = "" if thread is threading.main_thread() else f"/{thread.name}"
-    return f"{_HOST}:{os.getpid()}{suffix}"
+    return f"{_HOST}:{current_pid()}{suffix}"
 
 
 def seed_everything(seed: int) -> None:

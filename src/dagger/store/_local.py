@@ -15,6 +15,21 @@ from dagger.store.locks import RANGE_LOCKS, RANGES_KEY, FileLock, RangeLock
 
 _TMP_PREFIX = uuid.uuid4().hex[:12]
 _TMP_COUNTER = itertools.count()
+_PID = os.getpid()
+
+
+def current_pid() -> int:
+    """This process's id, kept up to date across fork (``os.getpid`` is a system call each time)."""
+    return _PID
+
+
+def _after_fork_in_child() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LocalStore(Store):
@@ -47,7 +62,7 @@ class LocalStore(Store):
 
     def _tmp_path(self) -> str:
         # Unique across hosts (random prefix), processes (pid, also after fork) and threads (counter).
-        pid = os.getpid()
+        pid = _PID
         if pid != self._tmp_pid:
             self._ensure_dir(self._tmp)
             self._tmp_pid, self._tmp_prefix = pid, f"{self._tmp}{os.sep}{_TMP_PREFIX}{pid:x}-"
