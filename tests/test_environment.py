@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -134,13 +135,13 @@ def test_experiment_records_environment_and_states_record_differences(exp_dir):
 
 def test_environment_is_captured_once_per_run(exp_dir, monkeypatch):
     calls = []
-    real = environment.capture
+    real = environment.start_capture
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(environment, "capture", counting)
+    monkeypatch.setattr(environment, "start_capture", counting)  # capture() starts one too
     exp = dg.Experiment(exp_dir, state_class=EnvState)
     root = exp.spawn_new_tree(name="a")
     for k in range(4):
@@ -150,3 +151,70 @@ def test_environment_is_captured_once_per_run(exp_dir, monkeypatch):
     assert len(calls) == 2  # once for the whole run, not per state
     exp.run()  # all cached: nothing to capture
     assert len(calls) == 2
+
+
+def test_every_state_a_run_computes_records_the_difference(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=EnvState)
+    exp.spawn_new_tree(name="a")
+    info = json.loads(open(f"{exp_dir}/experiment.json").read())
+    info["environment"]["python"] = "2.7.18"  # as if the experiment had been created elsewhere
+    with open(f"{exp_dir}/experiment.json", "w") as f:
+        json.dump(info, f)
+    exp = dg.Experiment(exp_dir, state_class=EnvState)
+    root = exp.spawn_new_tree(name="a")
+    leaves = [Bump(k=k)(Bump(k=-k)(root)) for k in range(1, 4)]
+    report = exp.run()
+    assert len(report.computed) == 7
+    graph = dg.Experiment.restore(exp_dir).graph
+    assert all(node.metadata["environment"] == {"python": platform.python_version()} for node in graph.nodes)
+    assert all(graph.node(leaf.sha()).restore().x.tolist() == [0.0, 0.0] for leaf in leaves)
+
+
+def test_a_run_that_fails_while_building_its_tasks_leaves_no_git_process_behind(exp_dir, monkeypatch):
+    started = []
+    real = environment._start_git
+
+    def recording(*args):
+        proc = real(*args)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(environment, "_start_git", recording)
+    monkeypatch.setattr(environment, "main_script", lambda: __file__)  # inside this repository
+    exp = dg.Experiment(exp_dir, state_class=EnvState)
+    root = exp.spawn_new_tree(name="a")
+    for k in range(3):
+        Bump(k=k)(root)
+    started.clear()
+
+    def broken(*args):
+        raise RuntimeError("cannot explain")
+
+    monkeypatch.setattr(dg.Experiment, "_explain", broken)
+    try:
+        exp.run()
+    except RuntimeError as exc:
+        assert "cannot explain" in str(exc)
+    else:  # pragma: no cover - the failure is the point
+        raise AssertionError("run() did not fail")
+    assert started and all(proc is not None and proc.returncode is not None for proc in started)  # ended, reaped
+    assert exp._env_pending is None
+
+
+def test_a_hung_git_is_given_up_and_killed(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pids = tmp_path / "pids"
+    fake = bin_dir / "git"  # a git that hangs, as on a stalled network file system
+    fake.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(environment, "GIT_TIMEOUT", 0.3)
+    assert environment.git_info(tmp_path) is None
+    assert "git" not in environment.capture(script=tmp_path)
+    for pid in pids.read_text().split():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"git process {pid} still runs")

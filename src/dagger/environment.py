@@ -44,18 +44,45 @@ def capture(extra_packages: Iterable[str] = (), script: str | os.PathLike[str] |
     working directory, e.g. in a notebook). The ``"git"`` entry is absent
     when that file is not in a git repository or git is not available.
     """
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "packages": package_versions(extra_packages),
-        "argv": list(sys.argv),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    repo = git_info(script if script is not None else main_script())
-    if repo is not None:
-        env["git"] = repo
-    return env
+    return start_capture(extra_packages, script).result()
+
+
+class PendingCapture:
+    """A :func:`capture` under way: git already asked, in the background; :meth:`result` waits for it.
+
+    Asking git takes a few milliseconds, mostly in the git processes: a run
+    starts them, builds its tasks meanwhile, then collects the snapshot.
+    """
+
+    def __init__(self, extra_packages: Iterable[str] = (), script: str | os.PathLike[str] | None = None) -> None:
+        self._packages = list(extra_packages)
+        self._git = _GitQuery(script if script is not None else main_script())
+        self._result: dict[str, Any] | None = None
+
+    def result(self) -> dict[str, Any]:
+        if self._result is None:
+            env: dict[str, Any] = {
+                "python": platform.python_version(),
+                "implementation": platform.python_implementation(),
+                "platform": platform.platform(),
+                "packages": package_versions(self._packages),
+                "argv": list(sys.argv),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            repo = self._git.result()
+            if repo is not None:
+                env["git"] = repo
+            self._result = env
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop the git processes, if they still run (the snapshot is not needed after all)."""
+        self._git.cancel()
+
+
+def start_capture(extra_packages: Iterable[str] = (), script: str | os.PathLike[str] | None = None) -> PendingCapture:
+    """Start a :func:`capture`: git runs in the background until ``.result()`` is asked for."""
+    return PendingCapture(extra_packages, script)
 
 
 def package_versions(extra_packages: Iterable[str] = ()) -> dict[str, str | None]:
@@ -74,7 +101,7 @@ def package_versions(extra_packages: Iterable[str] = ()) -> dict[str, str | None
 def _version(name: str) -> str | None:
     module = sys.modules.get(name)
     found = getattr(module, "__version__", None) if module is not None else None
-    if isinstance(found, str) and name != "dagger":
+    if isinstance(found, str) and not found.endswith("+unknown"):  # dagger's own, from a source tree
         return found
     try:
         return metadata.version(_DISTRIBUTIONS.get(name, name))
@@ -97,37 +124,68 @@ def git_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     ``dirty`` is true when tracked files have uncommitted changes (untracked
     files do not count: run folders and outputs usually are untracked).
     """
-    where = os.fspath(path)
-    if not os.path.isdir(where):
-        where = os.path.dirname(os.path.abspath(where))
-    if not os.path.isdir(where):
-        return None
-    head = _git(where, "rev-parse", "--show-toplevel", "HEAD")
-    if head is None:
-        return None
-    lines = head.splitlines()
-    if len(lines) != 2:
-        return None
-    status = _git(where, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": lines[1], "dirty": None if status is None else bool(status.strip()), "root": lines[0]}
+    return _GitQuery(path).result()
 
 
-def _git(cwd: str, *args: str) -> str | None:
+class _GitQuery:
+    """The two git commands behind :func:`git_info`, run at the same time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        where = os.fspath(path)
+        if not os.path.isdir(where):
+            where = os.path.dirname(os.path.abspath(where))
+        self._head = self._status = None
+        if os.path.isdir(where):
+            self._head = _start_git(where, "rev-parse", "--show-toplevel", "HEAD")
+            if self._head is not None:
+                self._status = _start_git(where, "status", "--porcelain", "--untracked-files=no")
+
+    def result(self) -> dict[str, Any] | None:
+        head = _finish_git(self._head)
+        status = _finish_git(self._status)
+        self._head = self._status = None
+        if head is None:
+            return None
+        lines = head.splitlines()
+        if len(lines) != 2:
+            return None
+        return {"commit": lines[1], "dirty": None if status is None else bool(status.strip()), "root": lines[0]}
+
+    def cancel(self) -> None:
+        for proc in (self._head, self._status):
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+        self._head = self._status = None
+
+
+def _start_git(cwd: str, *args: str) -> subprocess.Popen[str] | None:
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
     try:
-        done = subprocess.run(
+        return subprocess.Popen(
             ["git", *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
-            timeout=GIT_TIMEOUT,
-            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout if done.returncode == 0 else None
+
+
+def _finish_git(proc: subprocess.Popen[str] | None) -> str | None:
+    """The output of a git command started by :func:`_start_git`, or None if it failed or hung."""
+    if proc is None:
+        return None
+    try:
+        out, _ = proc.communicate(timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return out if proc.returncode == 0 else None
 
 
 def differences(base: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:

@@ -104,7 +104,8 @@ class Experiment:
         self.on_code_change = sourcehash.check_policy(on_code_change)
         self._sources = sourcehash.SourceHashes()
         self._recipe_info: dict[type, tuple[str, str, Any, str | None]] = {}
-        self._env_diff: dict[str, Any] | None = None
+        self._env_pending: environment.PendingCapture | None = None
+        self._env_metas: list[dict[str, Any]] = []
 
     # ---- defining the tree -------------------------------------------------------
 
@@ -222,30 +223,14 @@ class Experiment:
         stored = StoredMetas(self.records.load_index(on_corrupt=self._warn_corrupt))
         selected = self._select(targets)
         forced = self._prepare_run(selected, stored)
-        graph: dict[str, Any] = {}
-        plan: dict[str, str] = {}
-        tag_updates: list[dict[str, Any]] = []
-        with paused_gc():  # thousands of specs that all stay alive: no collection would free any
-            for promise in selected:
-                sha = promise._sha
-                known = sha in stored
-                if not known or sha in forced:
-                    plan[sha] = "compute"
-                elif promise.functions:
-                    plan[sha] = "evaluate"
-                else:
-                    if promise.tags and set(promise.tags) != set(stored.tags(sha)):
-                        updated = stored[sha]
-                        tag_updates.append(updated)
-                        updated["tags"] = list(promise.tags)
-                    continue
-                meta: dict[str, Any] | None = stored.get(sha) if known else None
-                spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
-                if spec.compute:
-                    self._explain(spec, meta, forced.get(sha))
-                parent = promise.parent._sha if promise.parent is not None else None
-                depends = parent is not None and plan.get(parent) == "compute"
-                graph[sha] = state_task(self.runtime, spec, parent if depends else None)
+        try:
+            graph, tag_updates = self._build_graph(selected, stored, forced)
+        except BaseException:
+            if self._env_pending is not None:
+                self._env_pending.cancel()
+                self._env_pending = None
+            raise
+        self._record_environment()
         for meta in tag_updates:
             self.records.write_meta(meta, old_rev=meta.get("rev"))
         records: list[dict[str, Any]] = []
@@ -275,6 +260,36 @@ class Experiment:
         if report.failures and raise_on_failure:
             raise RunFailedError(report.failure_message(), report.failures, report)
         return report
+
+    def _build_graph(
+        self, selected: list[ExperimentStatePromise], stored: StoredMetas, forced: dict[str, str]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The Dask graph of the states to compute or evaluate, and the cached states whose tags changed."""
+        graph: dict[str, Any] = {}
+        plan: dict[str, str] = {}
+        tag_updates: list[dict[str, Any]] = []
+        with paused_gc():  # thousands of specs that all stay alive: no collection would free any
+            for promise in selected:
+                sha = promise._sha
+                known = sha in stored
+                if not known or sha in forced:
+                    plan[sha] = "compute"
+                elif promise.functions:
+                    plan[sha] = "evaluate"
+                else:
+                    if promise.tags and set(promise.tags) != set(stored.tags(sha)):
+                        updated = stored[sha]
+                        tag_updates.append(updated)
+                        updated["tags"] = list(promise.tags)
+                    continue
+                meta: dict[str, Any] | None = stored.get(sha) if known else None
+                spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
+                if spec.compute:
+                    self._explain(spec, meta, forced.get(sha))
+                parent = promise.parent._sha if promise.parent is not None else None
+                depends = parent is not None and plan.get(parent) == "compute"
+                graph[sha] = state_task(self.runtime, spec, parent if depends else None)
+        return graph, tag_updates
 
     def _interrupted(self) -> None:
         """Ctrl-C during run(): refresh the index from the commit records and say how to resume.
@@ -364,9 +379,9 @@ class Experiment:
             }
             if source is not None:
                 meta["recipe"]["source"] = source
-        env = self._state_environment()
-        if env:
-            meta["environment"] = env
+        if self._env_pending is None:  # the first state this run computes: ask git, in the background
+            self._env_pending = environment.start_capture(self.packages)
+        self._env_metas.append(meta)  # given the environment's differences once they are known
         return meta
 
     # ---- reproducibility (see dagger.sourcehash, dagger.environment, dagger.reproduce) ----
@@ -376,7 +391,8 @@ class Experiment:
         self._sources = sourcehash.SourceHashes()
         self._recipe_info = {}
         self._state_class_path = hashing.object_path(self.state_class)
-        self._env_diff = None
+        self._env_pending = None
+        self._env_metas = []
         self._failed: set[str] | None = None
         changed = sourcehash.find_changes(selected, stored.source, self._sources)
         sourcehash.check(self.on_code_change, changed)
@@ -415,12 +431,21 @@ class Experiment:
                     detail = ""
         spec.meta["explain"] = f"{spec.reason}: {detail}" if detail else spec.reason
 
-    def _state_environment(self) -> dict[str, Any]:
-        """How this run's environment differs from the experiment's (captured once per run)."""
-        if self._env_diff is None:
-            base = (self.info or {}).get("environment")
-            self._env_diff = environment.differences(base, environment.capture(self.packages))
-        return self._env_diff
+    def _record_environment(self) -> None:
+        """Give the states this run computes how its environment differs from the experiment's.
+
+        Captured once per run, started with the first state to compute (see _base_meta) so
+        that git runs while the other tasks are built.
+        """
+        pending, metas = self._env_pending, self._env_metas
+        self._env_pending, self._env_metas = None, []
+        if pending is None:
+            return
+        base = (self.info or {}).get("environment")
+        diff = environment.differences(base, pending.result())
+        if diff:
+            for meta in metas:
+                meta["environment"] = diff
 
     def reproduce(self, sha_or_prefix: str, rtol: float = 0.0, atol: float = 0.0) -> Any:
         """Recompute a stored state from its parent in memory and compare it with the stored one.
