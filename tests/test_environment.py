@@ -8,8 +8,10 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import dagger as dg
 from dagger import environment
@@ -201,20 +203,83 @@ def test_a_run_that_fails_while_building_its_tasks_leaves_no_git_process_behind(
     assert exp._env_pending is None
 
 
-def test_a_hung_git_is_given_up_and_killed(tmp_path, monkeypatch):
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("body", ["exec sleep 60", "sleep 60 & echo child $! >> {pids}; wait"])
+def test_a_hung_git_is_given_up_and_killed(tmp_path, monkeypatch, body):
+    # A git that hangs, as on a stalled network file system; in the second form a wrapper
+    # whose own child keeps the output pipe open after the wrapper is killed.
+    path, pids = _fake_git(tmp_path, body)
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setattr(environment, "GIT_TIMEOUT", 0.3)
+    try:
+        assert environment.git_info(tmp_path) is None  # and it returns: no wait on the held pipe
+        assert "git" not in environment.capture(script=tmp_path)
+        started = [line.split() for line in pids.read_text().splitlines()]
+        assert len([pid for kind, pid in started if kind == "git"]) == 4  # two queries, two commands each
+        for pid in (int(pid) for kind, pid in started if kind == "git"):
+            assert not _alive(pid), f"git process {pid} still runs"
+    finally:
+        for line in pids.read_text().splitlines():  # the wrapper's children, left by design of the fake
+            try:
+                os.kill(int(line.split()[1]), 9)
+            except ProcessLookupError:
+                pass
+
+
+def _fake_git(tmp_path: Path, body: str) -> tuple[str, Path]:
+    """A PATH whose `git` notes its pid ("git <pid>" lines in the returned file), then runs ``body``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pids = tmp_path / "pids"
-    fake = bin_dir / "git"  # a git that hangs, as on a stalled network file system
-    fake.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 60\n")
+    fake = bin_dir / "git"
+    fake.write_text(f"#!/bin/sh\necho git $$ >> {pids}\n{body.format(pids=pids)}\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setattr(environment, "GIT_TIMEOUT", 0.3)
-    assert environment.git_info(tmp_path) is None
-    assert "git" not in environment.capture(script=tmp_path)
-    for pid in pids.read_text().split():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            continue
-        raise AssertionError(f"git process {pid} still runs")
+    return f"{bin_dir}:{os.environ['PATH']}", pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+INTERRUPTED = """
+import _thread, os, sys, threading
+from dagger import environment
+threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C sent to Python alone, as `kill -INT` does
+try:
+    environment.git_info(sys.argv[1])
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_an_interrupt_while_waiting_for_git_leaves_no_git_process(tmp_path):
+    path, pids = _fake_git(tmp_path, "exec sleep 30")
+    env = dict(os.environ, PATH=path)
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, str(tmp_path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.split() == ["interrupted"], out.stderr
+    started = [int(line.split()[1]) for line in pids.read_text().splitlines()]
+    assert len(started) == 2  # both commands had started, side by side
+    for pid in started:
+        assert not _alive(pid), f"git process {pid} outlived the interrupted query"
+
+
+def test_an_interrupt_between_the_two_git_starts_reaps_the_first(monkeypatch):
+    real = subprocess.Popen
+    started = []
+
+    def second_start_interrupted(*args, **kwargs):
+        if started:
+            raise KeyboardInterrupt
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(environment.subprocess, "Popen", second_start_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        environment.git_info(__file__)
+    assert len(started) == 1 and started[0].returncode is not None  # ended and reaped

@@ -128,22 +128,32 @@ def git_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 class _GitQuery:
-    """The two git commands behind :func:`git_info`, run at the same time."""
+    """The two git commands behind :func:`git_info`, run at the same time, given up together.
+
+    Whatever happens while they run (a timeout, an error, Ctrl-C), both end
+    killed or finished, and reaped: no git process outlives the query.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         where = os.fspath(path)
         if not os.path.isdir(where):
             where = os.path.dirname(os.path.abspath(where))
-        self._head = self._status = None
+        self._procs: list[subprocess.Popen[str] | None] = []
         if os.path.isdir(where):
-            self._head = _start_git(where, "rev-parse", "--show-toplevel", "HEAD")
-            if self._head is not None:
-                self._status = _start_git(where, "status", "--porcelain", "--untracked-files=no")
+            try:
+                self._procs.append(_start_git(where, "rev-parse", "--show-toplevel", "HEAD"))
+                if self._procs[0] is not None:
+                    self._procs.append(_start_git(where, "status", "--porcelain", "--untracked-files=no"))
+            except BaseException:
+                self.cancel()
+                raise
 
     def result(self) -> dict[str, Any] | None:
-        head = _finish_git(self._head)
-        status = _finish_git(self._status)
-        self._head = self._status = None
+        deadline = time.monotonic() + GIT_TIMEOUT  # one timeout for both: they run side by side
+        try:
+            head, status = (_output(proc, deadline) for proc in (self._procs + [None, None])[:2])
+        finally:
+            self.cancel()  # a no-op for commands that finished; kills what an error left running
         if head is None:
             return None
         lines = head.splitlines()
@@ -152,11 +162,13 @@ class _GitQuery:
         return {"commit": lines[1], "dirty": None if status is None else bool(status.strip()), "root": lines[0]}
 
     def cancel(self) -> None:
-        for proc in (self._head, self._status):
-            if proc is not None:
+        procs, self._procs = self._procs, []
+        for proc in procs:
+            if proc is not None and proc.returncode is None:
                 proc.kill()
-                proc.communicate()
-        self._head = self._status = None
+                proc.wait()  # not communicate(): a grandchild may hold the pipe open for long
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
 
 
 def _start_git(cwd: str, *args: str) -> subprocess.Popen[str] | None:
@@ -170,21 +182,20 @@ def _start_git(cwd: str, *args: str) -> subprocess.Popen[str] | None:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            errors="replace",  # a repository path that is not valid UTF-8 must not break the run
         )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _finish_git(proc: subprocess.Popen[str] | None) -> str | None:
-    """The output of a git command started by :func:`_start_git`, or None if it failed or hung."""
+def _output(proc: subprocess.Popen[str] | None, deadline: float) -> str | None:
+    """What a git command started by :func:`_start_git` printed, or None if it failed or outlived ``deadline``."""
     if proc is None:
         return None
     try:
-        out, _ = proc.communicate(timeout=GIT_TIMEOUT)
+        out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None
+        return None  # killed and reaped by the caller's cancel()
     return out if proc.returncode == 0 else None
 
 

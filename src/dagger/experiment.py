@@ -225,12 +225,12 @@ class Experiment:
         forced = self._prepare_run(selected, stored)
         try:
             graph, tag_updates = self._build_graph(selected, stored, forced)
+            self._record_environment()
         except BaseException:
             if self._env_pending is not None:
                 self._env_pending.cancel()
                 self._env_pending = None
             raise
-        self._record_environment()
         for meta in tag_updates:
             self.records.write_meta(meta, old_rev=meta.get("rev"))
         records: list[dict[str, Any]] = []
