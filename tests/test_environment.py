@@ -203,8 +203,8 @@ def test_a_run_that_fails_while_building_its_tasks_leaves_no_git_process_behind(
     assert exp._env_pending is None
 
 
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("body", ["exec sleep 60", "sleep 60 & echo child $! >> {pids}; wait"])
+@pytest.mark.timeout(120)  # a guard: waiting on the held pipe would take 40 s, failing below
+@pytest.mark.parametrize("body", ["exec sleep 60", "sleep 40 & echo child $! >> {pids}; wait"])
 def test_a_hung_git_is_given_up_and_killed(tmp_path, monkeypatch, body):
     # A git that hangs, as on a stalled network file system; in the second form a wrapper
     # whose own child keeps the output pipe open after the wrapper is killed.
@@ -218,6 +218,8 @@ def test_a_hung_git_is_given_up_and_killed(tmp_path, monkeypatch, body):
         assert len([pid for kind, pid in started if kind == "git"]) == 4  # two queries, two commands each
         for pid in (int(pid) for kind, pid in started if kind == "git"):
             assert not _alive(pid), f"git process {pid} still runs"
+        # git_info returned while the wrapper's child still held the pipe: it did not wait for it.
+        assert all(_alive(int(pid)) for kind, pid in started if kind == "child")
     finally:
         for line in pids.read_text().splitlines():  # the wrapper's children, left by design of the fake
             try:
