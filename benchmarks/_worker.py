@@ -20,7 +20,7 @@ import time
 T0 = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _workload import Bump, State, define  # noqa: E402
+from _workload import Bump, State, define, parent_index  # noqa: E402
 
 import dagger as dg  # noqa: E402
 from dagger.execution import resolve_scheduler  # noqa: E402
@@ -128,14 +128,14 @@ def _noop(*parents: dict) -> dict:
 
 
 def mode_dask(directory: str, shape: str, n: int, opts: dict) -> dict:
-    """Plain Dask, the floor of a cold run: one no-op task per state, same graph shape and batching."""
+    """Plain Dask, the floor of a cold run: one no-op task per state, on a graph of the same shape."""
     from dask._task_spec import Task, TaskRef
 
     get, _ = resolve_scheduler("single-threaded")
     t0 = time.perf_counter()
     graph = {}
     for i in range(n):
-        parent = None if i == 0 else {"chain": i - 1, "fan": 0, "tree": (i - 1) // 2}[shape]
+        parent = None if i == 0 else parent_index(shape, i)
         key = f"s{i}"
         graph[key] = Task(key, _noop, TaskRef(f"s{parent}")) if parent is not None else Task(key, _noop)
     results = get(graph, list(graph))

@@ -33,6 +33,17 @@ class Bump(dg.Recipe):
         return state
 
 
+def parent_index(shape: str, i: int) -> int:
+    """Which state (by index; 0 is the root) is the parent of state ``i`` >= 1 in ``shape``."""
+    if shape == "chain":
+        return i - 1
+    if shape == "fan":
+        return 0
+    if shape == "tree":
+        return (i - 1) // 2
+    raise ValueError(shape)
+
+
 def define(exp: dg.Experiment, shape: str, n: int, tags: int = 0) -> list[Any]:
     """Define ``n`` states (root included) shaped as a chain, a fan or a binary tree.
 
@@ -48,14 +59,7 @@ def define(exp: dg.Experiment, shape: str, n: int, tags: int = 0) -> list[Any]:
         return [f"group:{i % tags}"] + (["even"] if i % 2 == 0 else [])
 
     for i in range(1, n):
-        if shape == "chain":
-            parent = out[-1]
-        elif shape == "fan":
-            parent = root
-        elif shape == "tree":
-            parent = out[(i - 1) // 2]
-        else:
-            raise ValueError(shape)
+        parent = out[parent_index(shape, i)]
         names = tagged(i)
         if names:
             with exp.tag(*names):

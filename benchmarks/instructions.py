@@ -9,7 +9,7 @@ imports, the first run's setup) cancel out. Only user-space instructions are
 counted: the kernel's share of file creation is not in these figures.
 
 The floor is plain Dask: its synchronous scheduler running one no-op task per
-state on a graph of the same shape, batched the same way, counted the same way.
+state on a graph of the same shape, counted the same way.
 
     python benchmarks/instructions.py          # about 5 minutes
 """

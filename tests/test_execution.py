@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from paperdefs import PruneRecipe, State, TrainRecipe, eval_fn
@@ -282,10 +284,8 @@ def test_single_threaded_runs_finish_one_branch_before_the_next(tmp_path, progre
     assert sorted(runs) == ["a", "b", "c"], STEPS_RUN  # each branch ran in one stretch
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 def test_a_forked_child_names_itself_and_its_temporary_files_by_its_own_pid(tmp_path):
-    import os
-
     from dagger.execution import worker_name
     from dagger.store import LocalStore
 
