@@ -3,7 +3,7 @@
 Each repetition is a fresh process on an empty folder (single-threaded
 scheduler, trivial numpy recipe). The figure is ``exp.run()`` time divided by
 the number of states; the floor is one atomic small-file write (a state
-needs at least its pickle and its commit record written atomically).
+needs at least its commit record written atomically, which carries its small pickle).
 
     python benchmarks/cold_run.py [N]
 """

@@ -437,10 +437,10 @@ def _cold_floor_note(results: list[dict[str, Any]]) -> list[str]:
     took = f"; the slowest shape took {worst / atomic:.2g}x" if worst else ""
     return [
         f"The cold-run target is {0.25 / atomic:.2g}x one atomic small-file write on this disk "
-        f"({_f(atomic)} ms, measured in the same run){took}. A computed state writes two files "
-        "atomically (its pickle, then its commit record), takes and releases its lock, checks that no "
-        "other process committed it meanwhile, and runs as one Dask task; the profile notes below "
-        "say where the rest goes.",
+        f"({_f(atomic)} ms, measured in the same run){took}. A computed state writes one file "
+        "atomically (its commit record, which carries its small pickle), takes and releases its lock, "
+        "checks that no other process committed it meanwhile, and runs as one Dask task; the profile "
+        "notes below say where the rest goes.",
         "",
     ]
 

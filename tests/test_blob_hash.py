@@ -9,6 +9,7 @@ import os
 import blake3
 import numpy as np
 import pytest
+from damage import pickle_bytes
 from storedefs import build
 
 import dagger as dg
@@ -31,7 +32,7 @@ def _blobs(directory: str) -> dict[str, bytes]:
 
 
 def _headers(exp) -> list[dict]:
-    return [json.loads(exp.store.get(rec.state_key(sha)).split(b"\n", 1)[0]) for sha in exp.records.committed()]
+    return [json.loads(pickle_bytes(exp.directory, sha).split(b"\n", 1)[0]) for sha in exp.records.committed()]
 
 
 def _experiment_record(directory: str) -> dict:

@@ -17,11 +17,12 @@ import sys
 
 import paperdefs
 import pytest
+from damage import edit_carried_pickle, pickle_bytes, pickle_file, sole_pickle_file
 from typer.testing import CliRunner
 
 import dagger as dg
 from dagger import cli
-from dagger.store.records import encode_json, state_key
+from dagger.store.records import FIRST_REV, encode_json, meta_key, state_key
 
 runner = CliRunner()
 
@@ -145,10 +146,16 @@ def test_ls_filters_like_nodeset_filter(built):
 # ---- inspect ----------------------------------------------------------------------------
 
 
-def test_inspect_shows_lineage_results_timings_and_files(built):
-    graph = graph_of(built)
+@pytest.mark.parametrize("where", ["carried", "file"])
+def test_inspect_shows_lineage_results_timings_and_files(listing, where):
+    graph = graph_of(listing)
     leaf = by_recipe(graph, "PruneRecipe", "lr:0.1")
-    result = invoke("inspect", built, leaf.sha()[:8])
+    # The pickle is carried by the state's first commit record, or (once moved out) in its own file.
+    if where == "file":
+        key, size = state_key(leaf.sha()), os.path.getsize(pickle_file(listing, leaf.sha()))
+    else:
+        key, size = meta_key(leaf.sha(), FIRST_REV), len(pickle_bytes(listing, leaf.sha()))
+    result = invoke("inspect", listing, leaf.sha()[:8])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert leaf.sha() in out
@@ -158,14 +165,15 @@ def test_inspect_shows_lineage_results_timings_and_files(built):
     assert [n.sha()[:10] for n in leaf.lineage()] == [ln.split()[1] for ln in lineage.strip().splitlines()[1:]]
     assert "TrainRecipe(nb_epochs=100, lr=0.1)" in lineage
     assert "duration" in out and "worker" in out
-    size = os.path.getsize(os.path.join(built, state_key(leaf.sha())))
-    assert state_key(leaf.sha()) in out
+    stored = out.split("stored files")[1].splitlines()[1]
+    assert key in stored and ("(carried by the commit record)" in stored) == (where == "carried")
     train = leaf.parent
-    result = invoke("inspect", built, train.sha())
+    result = invoke("inspect", listing, train.sha())
     assert f"accuracy  {train.results['eval_fn']['accuracy']:.4g}" in result.stdout
     assert leaf.sha()[:10] in result.stdout.split("children")[1]  # its child is listed
-    data = json.loads(invoke("inspect", built, leaf.sha()[:8], "--json").stdout)
+    data = json.loads(invoke("inspect", listing, leaf.sha()[:8], "--json").stdout)
     assert data["sha"] == leaf.sha() and data["stored"]["pickle"]["bytes"] == size
+    assert data["stored"]["pickle"]["key"] == key
     assert data["stored"]["total_bytes"] == size and data["recipe"]["properties"]["pruning_fraction"] == 0.2
 
 
@@ -380,7 +388,7 @@ def test_verify_ok_then_problem_found(listing):
     data = json.loads(invoke("verify", listing, "--json").stdout)
     assert data["ok"] is True
     leaf = by_recipe(graph_of(listing), "PruneRecipe", "lr:0.1")
-    os.remove(os.path.join(listing, state_key(leaf.sha())))
+    os.remove(sole_pickle_file(listing, leaf.sha()))
     bad = invoke("verify", listing)
     assert bad.exit_code == 1
     assert leaf.sha()[:12] in bad.stdout
@@ -483,9 +491,13 @@ def test_read_commands_never_unpickle(listing, tmp_path):
     payload = encode_json({"format": 1, "blobs": []}) + b"\n" + pickle.dumps(_CreatesFile(str(marker)))
     graph = graph_of(listing)
     shas = [n.sha() for n in graph]
-    for sha in shas:
-        with open(os.path.join(listing, state_key(sha)), "wb") as f:
-            f.write(payload)
+    # Every pickle a first commit record carries is replaced; every other state also gets the payload
+    # in its own pickle file (which readers look at first): both places a pickle is kept hold one.
+    for i, sha in enumerate(shas):
+        edit_carried_pickle(listing, sha, lambda _: payload)
+        if i % 2:
+            with open(pickle_file(listing, sha), "wb") as f:
+                f.write(payload)
     stray = "ab" * 32
     os.makedirs(os.path.dirname(os.path.join(listing, state_key(stray))), exist_ok=True)
     with open(os.path.join(listing, state_key(stray)), "wb") as f:
@@ -507,7 +519,9 @@ def test_read_commands_never_unpickle(listing, tmp_path):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.output)
         assert not marker.exists(), f"`dagger {args[0]}` unpickled a state"
-    # The planted pickle is live: restoring a state (which does unpickle) runs it.
-    with pytest.raises(Exception):  # noqa: B017 - the file object is not a state; what matters is the side effect
-        graph_of(listing).node(a).restore()
-    assert marker.exists()
+    # The planted pickles are live: restoring a state (which does unpickle) runs it, from a file or a record.
+    for sha in (a, b):
+        with pytest.raises(Exception):  # noqa: B017 - the file object is not a state; what matters is the side effect
+            graph_of(listing).node(sha).restore()
+        assert marker.exists(), sha
+        marker.unlink()

@@ -7,10 +7,11 @@ import os
 import warnings
 
 import pytest
+from damage import sole_pickle_file
 from paperdefs import State, TrainRecipe, listing2
 
 import dagger as dg
-from dagger.store.records import INDEX_KEY
+from dagger.store.records import INDEX_KEY, INLINE_MAX
 
 
 class Other(dg.ExperimentState):
@@ -174,15 +175,28 @@ def test_missing_state_pickle_is_a_clear_error(exp_dir):
     exp, _ = listing2(exp_dir)
     node = dg.Experiment.restore(exp_dir).graph.nodes.filter("pruned")[0]
     sha = node.sha()
-    os.remove(os.path.join(exp_dir, "states", sha[:2], f"{sha}.pkl"))
+    # Its pickle file once it is the only copy (a first commit record that carries the pickle is the commit).
+    os.remove(sole_pickle_file(exp_dir, sha))
     with pytest.raises(dg.CorruptRecordError, match="missing although state"):
         node.restore()
+
+
+class Ballast(dg.Recipe):
+    """Adds ``n`` small ints to the model: they pickle in band (never as a blob), so the pickle grows."""
+
+    PROPERTIES = ["n"]
+
+    def run(self, state):
+        state.model["ballast"] = list(range(self.n))
+        return state
 
 
 def test_store_write_failure_fails_the_state_with_a_store_error(exp_dir):
     exp = dg.Experiment(exp_dir, state_class=State)
     root = exp.spawn_new_tree(dataset_name="d", model_name="m")
-    child = TrainRecipe(nb_epochs=1, lr=0.1)(root)
+    # A small pickle travels in the state's first commit record: the child's pickle is made larger than
+    # INLINE_MAX (about 3 bytes per int), so that it is written to its own file under states/, as before.
+    child = Ballast(n=INLINE_MAX)(root)
     os.makedirs(os.path.join(exp_dir, "states"), exist_ok=True)
     with open(os.path.join(exp_dir, "states", child.sha()[:2]), "w") as f:
         f.write("a file where a folder must go")

@@ -274,7 +274,8 @@ def test_index_entry_with_wrong_content_but_stale_rev_is_replaced(stored):
     index = json.loads(open(os.path.join(stored, rec.INDEX_KEY), "rb").read())
     sha = next(iter(index["states"]))
     index["states"][sha]["tags"] = ["forged"]
-    index["states"][sha]["rev"] = "0" * 20
+    # A revision the listing does not have (a first record's FIRST_REV is the lowest: none is older).
+    index["states"][sha]["rev"] = rec.new_rev()
     with open(os.path.join(stored, rec.INDEX_KEY), "w") as f:
         json.dump(index, f)
     store = assert_consistent(stored)

@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from damage import edit_carried_pickle, pickle_bytes, pickle_file
 
 import dagger as dg
 from dagger.store import pickling
-from dagger.store.records import Records, blob_key, meta_key, state_key
+from dagger.store.records import FIRST_REV, Records, blob_key, meta_key, state_key
 
 
 class MemoryBlobs:
@@ -207,18 +208,33 @@ def test_corrupt_and_missing_blobs(exp_dir):
         dg.Experiment.restore(exp_dir).graph.root.restore()
 
 
-def test_corrupt_state_pickle(exp_dir):
+@pytest.mark.parametrize("where", ["file", "carried"])
+def test_corrupt_state_pickle(exp_dir, where):
     exp = dg.Experiment(exp_dir, state_class=DataState)
     root = exp.spawn_new_tree(n=10)
     exp.run()
-    path = os.path.join(exp_dir, state_key(root.sha()))
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw.split(b"\n", 1)[0])
-    with pytest.raises(dg.CorruptRecordError, match="no header"):
+    sha = root.sha()
+    raw = pickle_bytes(exp_dir, sha)
+    if where == "file":  # the pickle's own file
+        key, path = state_key(sha), pickle_file(exp_dir, sha)
+
+        def store(data):
+            open(path, "wb").write(data)
+
+    else:  # the copy the state's first commit record carries
+        key = meta_key(sha, FIRST_REV)
+
+        def store(data):
+            edit_carried_pickle(exp_dir, sha, lambda _: data)
+
+    store(raw.split(b"\n", 1)[0])
+    with pytest.raises(dg.CorruptRecordError, match="no header") as info:
         dg.Experiment.restore(exp_dir).graph.root.restore()
-    open(path, "wb").write(raw[: len(raw) - 40])
-    with pytest.raises(dg.CorruptRecordError, match="truncated"):
+    assert key in str(info.value)
+    store(raw[: len(raw) - 40])
+    with pytest.raises(dg.CorruptRecordError, match="truncated") as info:
         dg.Experiment.restore(exp_dir).graph.root.restore()
+    assert key in str(info.value)
 
 
 # ---- torch -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from storedefs import build, expected_states, read_calls
 
 import dagger as dg
 from dagger.store.locks import RANGES_KEY
+from dagger.store.records import FIRST_REV, meta_key, state_key
 
 HERE = os.path.dirname(__file__)
 SHAPE = {"data_mb": 1.0, "model_mb": 0.25, "width": 3, "depth": 2}
@@ -60,11 +61,14 @@ def test_four_processes_start_the_same_experiment_at_once(tmp_path):
     assert report.ok, str(report)
     assert report.states == n
 
-    # every state exactly once: one pickle and one committed record per state, nothing else
+    # every state exactly once: one committed record and one readable pickle per state, nothing else
+    # (a pickle is carried by the state's first commit record, or has its own file once that was replaced)
     committed = exp.records.committed()
     assert len(committed) == n
-    pickles = exp.store.list("states")
-    assert sorted(k.rsplit("/", 1)[-1].removesuffix(".pkl") for k in pickles) == sorted(committed)
+    for sha in committed:
+        key, raw = exp.records.read_pickle(sha)
+        assert key in (state_key(sha), meta_key(sha, FIRST_REV)) and raw.endswith(b".")
+    assert set(exp.store.list("states")) <= {state_key(sha) for sha in committed}  # no pickle without a commit
     assert set(exp.store.list("locks")) <= {RANGES_KEY}  # no lock file is left behind
     assert exp.gc(dry_run=True).live_locks == 0
     # blobs are shared by content: dataset once, one model per state

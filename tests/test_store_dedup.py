@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from damage import pickle_bytes
 from storedefs import Keep, Perturb, build
 
 import dagger as dg
@@ -42,10 +43,11 @@ def test_child_that_leaves_its_data_unchanged_writes_no_new_bytes(exp_dir):
     Perturb(step=1.0)(root3)
     exp3.run(progress=False)
     assert blob_bytes(exp_dir) == base + int(0.5 * 2**20)
-    # and each state's pickle stays tiny
-    for dirpath, _, names in os.walk(os.path.join(exp_dir, "states")):
-        for n in names:
-            assert os.path.getsize(os.path.join(dirpath, n)) < 4096
+    # and each state's pickle stays tiny (in its own file, or carried by its first commit record)
+    committed = exp3.records.committed()
+    assert len(committed) == 5
+    for sha in committed:
+        assert len(pickle_bytes(exp_dir, sha)) < 4096
 
 
 def test_same_bytes_in_two_attributes_are_one_blob(exp_dir):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from damage import edit_carried_pickle, pickle_bytes, pickle_file, sole_pickle_file
 from storedefs import BigState, build
 
 import dagger as dg
@@ -71,8 +72,10 @@ def test_gc_removes_leftovers_and_reports_bytes(small):
     dead = {"host": socket.gethostname(), "pid": _dead_pid(), "time": time.time(), "token": "t"}
     store.put("locks/" + "cd" * 32 + ".lock", json.dumps(dead).encode())
     store.put("locks/" + "ef" * 32 + ".lock.123.stale", b"{}")
-    # a superseded metadata revision next to the newest
+    # a superseded metadata revision next to the newest (the first record's FIRST_REV is the lowest
+    # of all, so the state first gets a newer revision, as a tag change would give it)
     sha = leaves[0].sha()
+    records.write_meta(records.read_meta(sha, rec.FIRST_REV), old_rev=rec.FIRST_REV)
     rev = records.committed()[sha]
     old_rev = f"{int(rev[:16], 16) - 5:016x}0000"
     store.put(rec.meta_key(sha, old_rev), store.get(rec.meta_key(sha, rev)))
@@ -146,6 +149,8 @@ def test_gc_unreachable_only_when_asked(small):
     # the middle state's own model blob is now unreferenced: plain gc frees it
     assert kept.counts()["blobs"] == 1
 
+    # the unreachable state's pickle in a file of its own too (not only carried by its commit record)
+    pickle_file(exp.directory, branch.sha())
     dry = gc(records, unreachable=True, dry_run=True)
     assert dry.removed["unreachable_states"] == [branch.sha()]
     assert branch.sha() in records.committed()
@@ -162,7 +167,7 @@ def test_gc_unreachable_only_when_asked(small):
 
 
 def _blob_of(exp, sha):
-    header = exp.store.get(rec.state_key(sha)).split(b"\n", 1)[0]
+    header = pickle_bytes(exp.directory, sha).split(b"\n", 1)[0]
     return json.loads(header)["blobs"]
 
 
@@ -183,7 +188,8 @@ def test_verify_finds_a_modified_blob_and_names_every_state_using_it(small):
     assert report.to_dict()["problems"][0]["file"] == rec.blob_key(data_blob)
 
 
-def test_verify_finds_missing_and_truncated_files(small):
+@pytest.mark.parametrize("where", ["file", "carried"])
+def test_verify_finds_missing_and_truncated_files(small, where):
     exp, root, leaves = small
     store = exp.store
     a, b = leaves[0].sha(), leaves[1].sha()
@@ -191,11 +197,17 @@ def test_verify_finds_missing_and_truncated_files(small):
     # a's model blob is missing
     model_blob = [n for n, s in _blob_of(exp, a) if s == 128 * 1024][0]
     store.delete(rec.blob_key(model_blob))
-    # b's pickle is truncated
-    raw = store.get(rec.state_key(b))
-    store.put(rec.state_key(b), raw[:-10])
-    # mid's pickle is gone
-    store.delete(rec.state_key(mid))
+    # b's pickle is truncated: its own file, or the copy its first commit record carries
+    if where == "file":
+        b_key = rec.state_key(b)
+        path = pickle_file(exp.directory, b)
+        raw = open(path, "rb").read()
+        store.put(b_key, raw[:-10])
+    else:
+        b_key = rec.meta_key(b, rec.FIRST_REV)
+        edit_carried_pickle(exp.directory, b, lambda raw: raw[:-10])
+    # mid's pickle is gone (its file, once the only copy: a first record that carries it is the commit)
+    os.remove(sole_pickle_file(exp.directory, mid))
     # the root's metadata is unreadable
     root_rev = exp.records.committed()[root.sha()]
     store.put(rec.meta_key(root.sha(), root_rev), b'{"format": 1, "sha": "')
@@ -207,7 +219,7 @@ def test_verify_finds_missing_and_truncated_files(small):
     report = verify(exp.records)
     found = {(p.state, p.file) for p in report.problems}
     assert (a, rec.blob_key(model_blob)) in found
-    assert (b, rec.state_key(b)) in found
+    assert (b, b_key) in found
     assert (mid, rec.state_key(mid)) in found
     assert (root.sha(), rec.meta_key(root.sha(), root_rev)) in found
     assert (other, rec.meta_key(other, "0" * 20)) in found
@@ -242,14 +254,20 @@ def test_gc_and_verify_on_memory_store():
     assert exp.verify().ok and exp.verify().blobs == 3
 
 
-def test_verify_finds_a_modified_pickle_of_the_same_size(small):
+@pytest.mark.parametrize("where", ["file", "carried"])
+def test_verify_finds_a_modified_pickle_of_the_same_size(small, where):
     exp, root, _ = small
-    key = rec.state_key(root.sha())
-    raw = bytearray(exp.store.get(key))
+    raw = bytearray(pickle_bytes(exp.directory, root.sha()))
     if b'"blake3"' not in raw.split(b"\n", 1)[0]:
         pytest.fail("state pickles carry no checksum: a same-size edit cannot be detected")
     raw[-20] ^= 0x01  # same size, still ends with the STOP opcode
-    exp.store.put(key, bytes(raw))
+    if where == "file":  # the pickle's own file
+        key = rec.state_key(root.sha())
+        pickle_file(exp.directory, root.sha())
+        exp.store.put(key, bytes(raw))
+    else:  # the copy the state's first commit record carries
+        key = rec.meta_key(root.sha(), rec.FIRST_REV)
+        edit_carried_pickle(exp.directory, root.sha(), lambda _: bytes(raw))
     report = exp.verify()
     assert [(p.state, p.file) for p in report.problems] == [(root.sha(), key)]
     assert "checksum" in str(report)

@@ -49,7 +49,7 @@ from dagger.errors import (
 from dagger.experiment import Experiment
 from dagger.graph import StaticExperimentTree, state_row
 from dagger.state import ExperimentState
-from dagger.store.records import blob_key, state_key
+from dagger.store.records import FIRST_REV, blob_key, meta_key, state_key
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
@@ -397,7 +397,8 @@ def inspect(
         out(f"  duration  {dur:.3f} s" if isinstance(dur, (int, float)) else "  duration  -")
         out(f"  worker    {escape(str(run.get('worker', '-')))}")
     out("[bold]stored files[/bold]")
-    out(f"  {escape(files['pickle']['key'])}  {_size(files['pickle']['bytes'])}")
+    where = "" if files["pickle"]["where"] == "own file" else f"  ({files['pickle']['where']})"
+    out(f"  {escape(files['pickle']['key'])}  {_size(files['pickle']['bytes'])}{escape(where)}")
     blobs = files["blobs"]
     if blobs:
         shared = sum(1 for b in blobs if b["shared_with_parent"])
@@ -432,10 +433,16 @@ def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
     meta = node._meta()
     store = exp.store
     key = state_key(node.sha())
+    where = "own file"
     try:
         pickle_bytes: int | None = store.size(key)
     except (FileNotFoundError, OSError):
         pickle_bytes = None
+        first = meta_key(node.sha(), FIRST_REV)
+        if store.exists(first):  # a small pickle travels in the state's first commit record
+            key, where = first, "carried by the commit record"
+            recorded = meta.get("pickle_bytes")
+            pickle_bytes = recorded if isinstance(recorded, int) else None
     parent = node.parent
     parent_blobs = {str(b[0]) for b in (parent._meta().get("blobs") or [])} if parent is not None else set()
     blobs: list[dict[str, Any]] = []
@@ -455,7 +462,8 @@ def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
             }
         )
     total = (pickle_bytes or 0) + sum(b["bytes"] for b in blobs)
-    return {"pickle": {"key": key, "bytes": pickle_bytes}, "blobs": blobs, "total_bytes": total}
+    pickle = {"key": key, "bytes": pickle_bytes, "where": where}
+    return {"pickle": pickle, "blobs": blobs, "total_bytes": total}
 
 
 @app.command(epilog="Example: dagger diff runs/prune 583dfc4e beeec45a")

@@ -24,7 +24,7 @@ from dagger.errors import DefinitionError, RecipeReturnError
 from dagger.state import ExperimentState
 from dagger.store import open_store
 from dagger.store._local import current_pid
-from dagger.store.records import Records, encode_json, state_key
+from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
 
 _HOST = socket.gethostname()
 
@@ -228,7 +228,8 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             else:
                 state = _compute(runtime, records, spec)
                 meta = dict(spec.meta)
-                meta.update(records.save_pickle(spec.sha, state))
+                # A first commit carries a small pickle in its record; a replaced state keeps its own file.
+                meta.update(records.save_pickle(spec.sha, state, inline=spec.replace_rev is None))
                 record["status"] = "computed"
         else:
             meta = dict(spec.meta)
@@ -255,8 +256,10 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
         end = time.time()
         if record["status"] == "computed":
             meta["run"] = {"start": start, "end": end, "duration": end - start, "worker": record["worker"]}
-        old_rev = meta.get("rev") if record["status"] == "cached" else spec.replace_rev
-        records.write_meta(meta, old_rev=old_rev)
+        if record["status"] == "computed" or spec.functions:
+            # (A state another process committed meanwhile, with no Function to add: nothing changed.)
+            old_rev = meta.get("rev") if record["status"] == "cached" else spec.replace_rev
+            records.write_meta(meta, old_rev=old_rev)
         if record["status"] == "computed":
             record["reason"] = spec.reason
             if spec.reason == FAILED_BEFORE:
@@ -284,8 +287,13 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
 
 
 def _already_committed(records: Records, sha: str) -> dict[str, Any] | None:
-    """Whether another process committed ``sha`` meanwhile (cheap unless its pickle exists)."""
-    if not records.store.exists(state_key(sha)):
+    """Whether another process committed ``sha`` meanwhile: one probe, unless it did.
+
+    Every state's first commit record has one known name. A state whose first
+    record a newer revision replaced has its pickle file; a state from an older
+    experiment (whose records have no fixed first name) too.
+    """
+    if not records.store.exists(meta_key(sha, FIRST_REV)) and not records.store.exists(state_key(sha)):
         return None
     rev = records.committed().get(sha)
     return None if rev is None else records.read_meta(sha, rev)

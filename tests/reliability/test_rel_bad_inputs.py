@@ -12,10 +12,11 @@ import warnings
 
 import pytest
 import rel_scenarios as sc
+from damage import edit_carried_pickle, pickle_bytes, pickle_file
 
 import dagger as dg
 from dagger.store import LocalStore
-from dagger.store.records import Records, blob_key, meta_key, new_rev, state_key
+from dagger.store.records import FIRST_REV, Records, blob_key, meta_key, new_rev, state_key
 
 
 @pytest.fixture
@@ -29,10 +30,25 @@ def stored(tmp_path):
     return directory, records, leaf._sha
 
 
-def _leaf_blob(records, sha):
-    raw = records.store.get(state_key(sha))
+def _leaf_blob(directory, sha):
+    raw = pickle_bytes(directory, sha)
     header = json.loads(raw[: raw.index(b"\n")])
     return header["blobs"][-1][0]
+
+
+def _damage_pickle(directory, sha, where, change):
+    """Replace ``sha``'s stored pickle bytes by ``change(bytes)`` where ``where`` says; return the key that holds them.
+
+    ``"file"``: its own pickle file; ``"carried"``: the copy its first commit record carries.
+    """
+    if where == "carried":
+        edit_carried_pickle(directory, sha, change)
+        return meta_key(sha, FIRST_REV)
+    path = pickle_file(directory, sha)
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(change(raw))
+    return state_key(sha)
 
 
 def _restore(directory, sha):
@@ -43,38 +59,40 @@ def _problems(directory):
     return [str(p) for p in dg.Experiment(directory).verify().problems]
 
 
+@pytest.mark.parametrize("where", ["file", "carried"])
 @pytest.mark.parametrize("keep", [0.02, 0.5, 0.97])
-def test_truncated_pickle(stored, keep):
+def test_truncated_pickle(stored, keep, where):
     directory, records, sha = stored
-    path = os.path.join(directory, state_key(sha))
-    raw = open(path, "rb").read()
-    with open(path, "wb") as f:
-        f.write(raw[: int(len(raw) * keep)])
+    key = _damage_pickle(directory, sha, where, lambda raw: raw[: int(len(raw) * keep)])
     with pytest.raises(dg.CorruptRecordError) as info:
         _restore(directory, sha)
     assert type(info.value) is dg.CorruptRecordError
-    assert "truncated" in str(info.value)
+    assert "truncated" in str(info.value) and key in str(info.value)
     assert "dagger verify" in str(info.value) and f"delete meta/{sha}" in str(info.value)
     assert any(sha[:12] in p for p in _problems(directory))
 
 
-def test_pickle_with_a_changed_byte(stored):
+@pytest.mark.parametrize("where", ["file", "carried"])
+def test_pickle_with_a_changed_byte(stored, where):
     directory, records, sha = stored
-    path = os.path.join(directory, state_key(sha))
-    raw = bytearray(open(path, "rb").read())
-    raw[-3] ^= 0x01  # same size, still ends with STOP: only the checksum can tell
-    with open(path, "wb") as f:
-        f.write(raw)
+
+    def flip(raw):
+        raw = bytearray(raw)
+        raw[-3] ^= 0x01  # same size, still ends with STOP: only the checksum can tell
+        return bytes(raw)
+
+    key = _damage_pickle(directory, sha, where, flip)
     with pytest.raises(dg.CorruptRecordError) as info:
         _restore(directory, sha)
     assert type(info.value) is dg.CorruptRecordError
     assert "does not match its checksum" in str(info.value) and f"delete meta/{sha}" in str(info.value)
+    assert key in str(info.value)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_blob(stored, damage):
     directory, records, sha = stored
-    path = os.path.join(directory, blob_key(_leaf_blob(records, sha)))
+    path = os.path.join(directory, blob_key(_leaf_blob(directory, sha)))
     raw = bytearray(open(path, "rb").read())
     if damage == "truncate":
         raw = raw[: len(raw) // 3]
@@ -100,7 +118,7 @@ def test_damaged_blob(stored, damage):
 
 def test_missing_blob(stored):
     directory, records, sha = stored
-    os.remove(os.path.join(directory, blob_key(_leaf_blob(records, sha))))
+    os.remove(os.path.join(directory, blob_key(_leaf_blob(directory, sha))))
     with pytest.raises(dg.CorruptRecordError) as info:
         _restore(directory, sha)
     assert type(info.value) is dg.CorruptRecordError
@@ -134,30 +152,37 @@ def test_corrupt_experiment_record(stored):
     assert type(info.value) is dg.CorruptRecordError
 
 
-@pytest.mark.parametrize("what", ["experiment", "meta", "pickle"])
-def test_newer_format_version(stored, what):
-    directory, records, sha = stored
-    if what == "experiment":
-        path = os.path.join(directory, "experiment.json")
-    elif what == "meta":
-        path = os.path.join(directory, meta_key(sha, records.committed()[sha]))
-    else:
-        path = os.path.join(directory, state_key(sha))
-    raw = open(path, "rb").read()
+def _newer_format(raw):
     head, sep, rest = raw.partition(b"\n")
     record = json.loads(head)
     record["format"] = 99
-    if what == "meta":  # a newer dagger writes a new revision of the record
-        os.remove(path)
-        path = os.path.join(directory, meta_key(sha, new_rev()))
-    with open(path, "wb") as f:
-        f.write(json.dumps(record).encode() + sep + rest)
+    return json.dumps(record).encode() + sep + rest
+
+
+@pytest.mark.parametrize("what", ["experiment", "meta", "pickle", "carried pickle"])
+def test_newer_format_version(stored, what):
+    directory, records, sha = stored
+    key = None
+    if what in ("pickle", "carried pickle"):
+        key = _damage_pickle(directory, sha, "file" if what == "pickle" else "carried", _newer_format)
+    else:
+        if what == "experiment":
+            path = os.path.join(directory, "experiment.json")
+        else:
+            path = os.path.join(directory, meta_key(sha, records.committed()[sha]))
+        raw = _newer_format(open(path, "rb").read())
+        if what == "meta":  # a newer dagger writes a new revision of the record
+            os.remove(path)
+            path = os.path.join(directory, meta_key(sha, new_rev()))
+        with open(path, "wb") as f:
+            f.write(raw)
     with pytest.raises(dg.FormatVersionError) as info:
-        if what == "pickle":
+        if key is not None:
             _restore(directory, sha)
         else:
             dg.Experiment.restore(directory)  # never skipped as "corrupt": a rerun would overwrite it
     assert "newer dagger (format 99" in str(info.value) and "Upgrade dagger" in str(info.value)
+    assert key is None or key in str(info.value)
 
 
 def test_state_class_that_cannot_be_imported(tmp_path):

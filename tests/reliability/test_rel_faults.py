@@ -10,6 +10,7 @@ import rel_scenarios as sc
 
 import dagger as dg
 from dagger.store import LocalStore
+from dagger.store.pickling import DEFAULT_THRESHOLD
 from dagger.store.records import Records, meta_key, state_key
 
 TRIALS = 10
@@ -61,11 +62,17 @@ def test_lock_left_by_a_killed_process_does_not_block(tmp_path):
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EIO"])
-@pytest.mark.parametrize("kind", ["blob", "pickle"])
+@pytest.mark.parametrize("kind", ["blob", "pickle", "carried"])
 def test_disk_failure_mid_write(tmp_path, kind, code):
     directory = str(tmp_path / "exp")
-    store = sc.FaultyStore(directory, kind=kind, nth=3, code=sc.ERRNOS[code])
-    exp = sc.define(store)
+    # A small pickle travels in its state's first commit record, and no pickle file is written. For the
+    # "pickle" fault the weights stay in band (just under the blob threshold), so every state's pickle
+    # exceeds records.INLINE_MAX and is written to its own file under states/, where the disk fails.
+    # The "carried" fault fails the write of a first commit record that carries a small pickle.
+    shape = {"size": DEFAULT_THRESHOLD // 8 - 1} if kind == "pickle" else {}
+    fault = "meta" if kind == "carried" else kind
+    store = sc.FaultyStore(directory, kind=fault, nth=3, code=sc.ERRNOS[code])
+    exp = sc.define(store, **shape)
     with pytest.raises(dg.RunFailedError) as info:
         exp.run(progress=False)
     failures = info.value.failures
@@ -91,7 +98,7 @@ def test_disk_failure_mid_write(tmp_path, kind, code):
     assert audit["problems"] == []
     assert audit["committed"] == sc.n_states() - 1 - len(skipped)
     # Once the disk is fine again, running again finishes the tree, recomputing only what failed.
-    report, _ = sc.recover(directory)
+    report, _ = sc.recover(directory, **shape)
     assert {s.sha for s in report.computed} == {bad} | skipped
     assert sc.audit(directory)["committed"] == sc.n_states()
 

@@ -9,12 +9,13 @@ import uuid
 
 import pytest
 import rel_scenarios as sc
+from damage import edit_carried_pickle, pickle_file
 from typer.testing import CliRunner
 
 import dagger as dg
 from dagger.cli import app
 from dagger.store import LocalStore
-from dagger.store.records import Records, blob_key, meta_key, state_key
+from dagger.store.records import FIRST_REV, Records, blob_key, meta_key
 
 
 class _Trap:
@@ -28,15 +29,23 @@ class _Trap:
 
 
 def _plant(directory: str, marker: str) -> list[str]:
-    """Replace every state pickle by a trap, and put trap pickles into the metadata and the index."""
+    """Replace every state pickle by a trap, and put trap pickles into the metadata and the index.
+
+    A pickle carried by a first commit record is replaced there; every other such
+    state, and every state whose first record was replaced, also gets a trap in its
+    own pickle file: both places a pickle can be kept hold live traps.
+    """
     records = Records(LocalStore(directory))
     trap = pickle.dumps(_Trap(marker), protocol=5)
     header = json.dumps({"format": 1, "blobs": []}).encode() + b"\n"
     shas = list(records.committed())
     as_text = trap.decode("latin-1")
-    for sha, rev in records.committed().items():
-        with open(os.path.join(directory, state_key(sha)), "wb") as f:
-            f.write(header + trap)
+    for i, (sha, rev) in enumerate(records.committed().items()):
+        if rev == FIRST_REV:
+            edit_carried_pickle(directory, sha, lambda _: header + trap)
+        if rev != FIRST_REV or i % 2 == 0:
+            with open(pickle_file(directory, sha), "wb") as f:
+                f.write(header + trap)
         path = os.path.join(directory, meta_key(sha, rev))
         meta = json.load(open(path))
         meta.setdefault("results", {})["payload"] = {"pickle": as_text}
@@ -111,18 +120,25 @@ def test_cli_never_unpickles(planted, tmp_path):
 def test_restore_of_a_full_state_is_what_runs_the_code(planted):
     """The control: the planted pickles are live, and restore() is the one thing that loads them."""
     directory, marker, shas = planted
-    node = dg.Experiment.restore(directory).graph.node(shas[0])
-    with pytest.raises(Exception):  # noqa: B017 - the trap is not a state; loading it is the point
-        node.restore()
-    assert os.path.exists(marker)
+    # Every state, so both a trap carried by a first record and one in a pickle file are shown live.
+    for sha in shas:
+        node = dg.Experiment.restore(directory).graph.node(sha)
+        with pytest.raises(Exception):  # noqa: B017 - the trap is not a state; loading it is the point
+            node.restore()
+        assert os.path.exists(marker), sha
+        os.remove(marker)
 
 
 # ---- no path derived from stored metadata leaves the folder -----------------------------------
 
 
 @pytest.fixture
-def forged(tmp_path):
-    """A finished experiment whose records point a blob at ``../../x``, a file outside the folder."""
+def forged(tmp_path, request):
+    """A finished experiment whose records point a blob at ``../../x``, a file outside the folder.
+
+    The forged pickle header is in the leaf's pickle file, or (``indirect`` param ``"carried"``)
+    in the copy its first commit record carries.
+    """
     directory = str(tmp_path / "exp")
     exp = sc.define(directory, branches=1, depth=1, size=8)
     exp.run(progress=False)
@@ -135,12 +151,19 @@ def forged(tmp_path):
     records = Records(LocalStore(directory))
     leaf = next(p._sha for p in exp._promises.values() if p.parent is not None)
     forged_blobs = [[name, 8]]
-    path = os.path.join(directory, state_key(leaf))
-    raw = open(path, "rb").read()
-    header = json.loads(raw[: raw.index(b"\n")])
-    header["blobs"] = forged_blobs
-    with open(path, "wb") as f:
-        f.write(json.dumps(header).encode() + raw[raw.index(b"\n") :])
+
+    def forge(raw: bytes) -> bytes:
+        header = json.loads(raw[: raw.index(b"\n")])
+        header["blobs"] = forged_blobs
+        return json.dumps(header).encode() + raw[raw.index(b"\n") :]
+
+    if getattr(request, "param", "file") == "carried":
+        edit_carried_pickle(directory, leaf, forge)
+    else:
+        path = pickle_file(directory, leaf)
+        raw = open(path, "rb").read()
+        with open(path, "wb") as f:
+            f.write(forge(raw))
     rev = records.committed()[leaf]
     mpath = os.path.join(directory, meta_key(leaf, rev))
     meta = json.load(open(mpath))
@@ -155,6 +178,7 @@ def forged(tmp_path):
     os.remove(victim)
 
 
+@pytest.mark.parametrize("forged", ["file", "carried"], indirect=True)
 def test_forged_blob_names_never_become_paths(forged):
     directory, victim, leaf = forged
     node = dg.Experiment.restore(directory).graph.node(leaf)

@@ -34,6 +34,7 @@ from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
 from dagger.store.records import (
     _META_NAME,
     EXPERIMENT_KEY,
+    FIRST_REV,
     INDEX_KEY,
     Records,
     blob_key,
@@ -207,9 +208,20 @@ def _size(store: Store, key: str) -> int:
         return 0
 
 
-def _read_header(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
-    """The JSON header of a state pickle and the whole file; CorruptRecordError if unreadable."""
-    raw = store.get(key)
+def _read_header(records: Records, sha: str) -> tuple[str, dict[str, Any], bytes]:
+    """Where a state's pickle is, its JSON header and all its bytes.
+
+    FileNotFoundError if it is nowhere; CorruptRecordError if unreadable.
+    """
+    key, raw = records.read_pickle(sha)
+    try:
+        return key, _parse_header(raw), raw
+    except CorruptRecordError as exc:
+        raise CorruptRecordError(f"{key}: {exc}") from None
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    """The JSON header line of a state pickle's bytes; CorruptRecordError if unreadable."""
     newline = raw.find(b"\n")
     if newline < 0:
         raise CorruptRecordError("it has no header line (truncated)")
@@ -226,7 +238,7 @@ def _read_header(store: Store, key: str) -> tuple[dict[str, Any], bytes]:
         isinstance(b, list) and len(b) == 2 and is_sha(b[0]) and isinstance(b[1], int) for b in blobs
     ):
         raise CorruptRecordError("its header's blob list is malformed")
-    return header, raw
+    return header
 
 
 def _blob_digest(store: Store, key: str, algorithm: str) -> tuple[str, int]:
@@ -331,15 +343,12 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 
     kept_states = {sha for sha in newest if sha not in doomed}
 
-    # Referenced blobs, from the headers of every kept state's pickle.
+    # Referenced blobs, from the headers of every kept state's pickle (its file, or its first record).
     referenced: set[str] = set()
     pickles = store.list("states")
-    for key in pickles:
-        sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
-        if sha not in kept_states:
-            continue
+    for sha in kept_states:
         try:
-            header, _ = _read_header(store, key)
+            _, header, _ = _read_header(records, sha)
         except (FileNotFoundError, CorruptRecordError):
             continue
         referenced.update(str(name) for name, _size_ in header.get("blobs", []))
@@ -352,6 +361,9 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     for key in stale_locks:
         remove("locks", key)
     for key in superseded:
+        m = _META_NAME.fullmatch(key.removeprefix("meta/"))
+        if m is not None and m.group(2) == FIRST_REV and not dry_run:
+            records.externalize_pickle(m.group(1))  # the first record may carry the pickle: keep it
         remove("meta_revisions", key)
     for sha in sorted(doomed):
         # The commit record goes first, so a crash here leaves an uncommitted pickle, never a broken state.
@@ -467,12 +479,18 @@ def verify(records: Records) -> VerifyReport:
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
     for sha in sorted(newest):
-        key = state_key(sha)
         try:
-            header, raw = _read_header(store, key)
+            key, raw = records.read_pickle(sha)
         except FileNotFoundError:
-            report.problems.append(Problem(key, "the state pickle is missing although the state is committed", sha))
+            report.problems.append(
+                Problem(state_key(sha), "the state pickle is missing although the state is committed", sha)
+            )
             continue
+        except CorruptRecordError as exc:  # a first record whose pickle field is damaged
+            report.problems.append(Problem(meta_key(sha, FIRST_REV), f"the state pickle is corrupt: {exc}", sha))
+            continue
+        try:
+            header = _parse_header(raw)
         except CorruptRecordError as exc:
             report.problems.append(Problem(key, f"the state pickle is corrupt: {exc}", sha))
             continue

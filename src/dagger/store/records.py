@@ -3,10 +3,10 @@
 ::
 
     experiment.json                 what the experiment is (format, state class, root)
-    states/ab/<sha>.pkl             one pickle per state (header line + pickle)
+    meta/<sha>.<rev>.json           the commit record and slim metadata of a state
+    states/ab/<sha>.pkl             a state's pickle (header line + pickle), where it has a file
     blobs/cd/<hash>                 content-addressed large buffers, shared by all states
                                     (named by BLAKE3, or SHA-256 in older experiments)
-    meta/<sha>.<rev>.json           the commit record and slim metadata of a state
     index.json                      derived: every state's metadata in one file
     locks/states.ranges             advisory per-state locks (kernel byte ranges; see dagger.store.locks)
     tmp/                            in-flight writes (removed by gc)
@@ -18,10 +18,18 @@ new revision ``<rev>`` and the older one removed; readers take the highest.
 Because revisions are in file names, one directory listing tells which
 entries of the index are stale, so restoring 10,000 states reads two files
 and one listing instead of 10,000 files.
+
+A state's first record has the fixed revision :data:`FIRST_REV`. When its
+pickle is small (after large buffers left as blobs: the usual case) that
+record carries it, base64 in its last field, so committing a state writes one
+file. Before a newer revision replaces the first record, the pickle moves to
+``states/ab/<sha>.pkl``; readers look there first, then in the first record.
+Older experiments, with a pickle file for every state, read the same way.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import operator
@@ -75,6 +83,17 @@ def blob_key(name: str) -> str:
 
 def meta_key(sha: str, rev: str) -> str:
     return f"meta/{sha}.{rev}.json"
+
+
+#: The revision of every state's first commit record: fixed (and lower than any later one), so
+#: whether a state was committed is one probe for one known name.
+FIRST_REV = "0" * 20
+#: A pickle of at most this many bytes travels inside its state's first commit record, as the
+#: record's last field: one file written per state instead of two.
+INLINE_MAX = 64 * 1024
+INLINE_FIELD = "pickle"
+#: Where save_pickle leaves a pickle for write_meta to carry (never written as metadata).
+PENDING_PICKLE = "_pending_pickle"
 
 
 def new_rev() -> str:
@@ -188,6 +207,7 @@ class Records:
     def read_meta(self, sha: str, rev: str) -> dict[str, Any]:
         key = meta_key(sha, rev)
         meta = _parse_json(self.store.get(key), key)
+        meta.pop(INLINE_FIELD, None)  # the pickle a first record carries is no metadata
         _check_format(meta, key)
         if meta.get("sha") != sha:
             raise CorruptRecordError(f"{key} describes state {meta.get('sha')!r}, not {sha}")
@@ -200,17 +220,41 @@ class Records:
         return written
 
     def write_meta(self, meta: dict[str, Any], old_rev: str | None = None) -> str:
-        """Write a new revision of a state's metadata (the commit record); return its rev."""
-        rev = new_rev()
-        if old_rev is not None and rev <= old_rev:
-            rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
+        """Write a new revision of a state's metadata (the commit record); return its rev.
+
+        A state's first record (no ``old_rev``) is named :data:`FIRST_REV` and
+        carries the pickle that :meth:`save_pickle` left pending in ``meta``.
+        Before a later revision replaces it, that pickle moves to its own file.
+        """
+        sha = meta["sha"]
+        pending = meta.pop(PENDING_PICKLE, None)
+        if old_rev is None:
+            rev = FIRST_REV
+        else:
+            if old_rev == FIRST_REV:
+                self.externalize_pickle(sha)
+            if pending is not None:  # only a first record carries a pickle
+                self.store.put(state_key(sha), pending)
+                pending = None
+            rev = new_rev()
+            if rev <= old_rev:
+                rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
         body = {k: v for k, v in meta.items() if k != "rev"}
         text = _JSON.encode(body)
-        self.store.put(meta_key(meta["sha"], rev), text.encode())
+        try:
+            if pending is None:
+                self.store.put(meta_key(sha, rev), text.encode())
+            else:  # the record's own JSON, plus one last field
+                carried = base64.b64encode(pending).decode()
+                self.store.put(meta_key(sha, rev), f'{text[:-1]},"{INLINE_FIELD}":"{carried}"}}'.encode())
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
         if self.keep_written:
-            self._written[meta["sha"]] = (rev, text)  # the index reuses the text (see write_index)
+            self._written[sha] = (rev, text)  # the index reuses the text (see write_index)
         if old_rev is not None:
-            self.store.delete(meta_key(meta["sha"], old_rev))
+            self.store.delete(meta_key(sha, old_rev))
         meta["rev"] = rev
         return rev
 
@@ -253,8 +297,60 @@ class Records:
             )
         return buf
 
-    def save_pickle(self, sha: str, obj: Any) -> dict[str, Any]:
-        """Write a state's pickle and blobs; return what its metadata records about them."""
+    def externalize_pickle(self, sha: str) -> None:
+        """Give a pickle carried by the first commit record its own file, before that record goes.
+
+        Called before any newer revision replaces the first one, so that at every
+        instant either that record or the pickle file holds the pickle.
+        """
+        key = state_key(sha)
+        if self.store.exists(key):
+            return
+        try:
+            raw = self._inline_pickle(sha)
+        except FileNotFoundError:
+            return  # moved out meanwhile by another process: the file exists now
+        if raw is not None:
+            self.store.put(key, raw)
+
+    def _inline_pickle(self, sha: str) -> bytes | None:
+        """The pickle file's bytes carried by ``sha``'s first commit record (None if it carries none)."""
+        key = meta_key(sha, FIRST_REV)
+        payload = _parse_json(self.store.get(key), key).get(INLINE_FIELD)
+        if payload is None:
+            return None
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"{key}: the pickle it carries is not valid base64 ({exc})") from None
+
+    def read_pickle(self, sha: str) -> tuple[str, bytes]:
+        """Where ``sha``'s pickle is kept and its bytes (JSON header line + pickle); FileNotFoundError if nowhere.
+
+        A pickle file, else the first commit record that carries it. Looked up
+        in that order, then the file once more: a reader that finds neither
+        looked while another process moved the pickle out of the record.
+        """
+        key = state_key(sha)
+        try:
+            return key, self.store.get(key)
+        except FileNotFoundError:
+            pass
+        try:
+            raw = self._inline_pickle(sha)
+            if raw is not None:
+                return meta_key(sha, FIRST_REV), raw
+        except FileNotFoundError:
+            pass
+        return key, self.store.get(key)
+
+    def save_pickle(self, sha: str, obj: Any, inline: bool = False) -> dict[str, Any]:
+        """Write a state's pickle and blobs; return what its metadata records about them.
+
+        With ``inline=True`` a pickle of at most :data:`INLINE_MAX` bytes is not
+        written here: it is returned under :data:`PENDING_PICKLE`, and the
+        state's first commit record (:meth:`write_meta`) carries it.
+        """
         try:
             data, blobs = pickling.dumps(obj, self._sink, self.blob_threshold)
             # The pickle's own checksum: any damage to it (not only truncation) is caught on restore.
@@ -263,11 +359,15 @@ class Records:
             # The header is JSON; written by hand (no encoder call per state), as `_parse_json` reads it.
             listed = encode_json(blobs).decode() if blobs else "[]"
             header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
-            self.store.put(state_key(sha), header + data)
+            out: dict[str, Any] = {"pickle_bytes": len(header) + len(data), "blobs": blobs}
+            if inline and len(data) <= INLINE_MAX:
+                out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
+            else:
+                self.store.put(state_key(sha), header + data)
         except OSError as exc:
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
         self._remember(sha, data, blobs)
-        return {"pickle_bytes": len(header) + len(data), "blobs": blobs}
+        return out
 
     def load_pickle(self, sha: str, map_location: Any = None) -> Any:
         key = state_key(sha)
@@ -277,7 +377,7 @@ class Records:
             data, blobs = recent[0], recent[1]
         else:
             try:
-                raw = self.store.get(key)
+                key, raw = self.read_pickle(sha)
             except FileNotFoundError:
                 raise CorruptRecordError(f"{key} is missing although state {sha[:12]} is committed") from None
             newline = raw.find(b"\n")
