@@ -19,7 +19,16 @@ import dagger as dg
 from dagger.execution import _already_committed
 from dagger.store import LocalStore
 from dagger.store.maintenance import gc, verify
-from dagger.store.records import FIRST_REV, INDEX_KEY, INLINE_FIELD, INLINE_MAX, Records, meta_key, state_key
+from dagger.store.records import (
+    FIRST_REV,
+    INDEX_KEY,
+    INLINE_FIELD,
+    INLINE_MAX,
+    STORE_FORMAT,
+    Records,
+    meta_key,
+    state_key,
+)
 
 
 class Small(dg.ExperimentState):
@@ -149,16 +158,16 @@ def test_a_newer_revision_first_gives_the_pickle_its_own_file(exp_dir, change):
 def test_committed_meanwhile_is_seen_before_and_after_the_pickle_moves(exp_dir):
     exp, root, kids = build(exp_dir)
     records = Records(LocalStore(exp_dir))
-    assert _already_committed(records, kids[0]._sha) is None  # nothing yet
+    assert _already_committed(records, kids[0]._sha) == (None, False)  # nothing yet, no file
     exp.run(progress=False)
-    found = _already_committed(records, kids[0]._sha)
-    assert found is not None and found["rev"] == FIRST_REV and INLINE_FIELD not in found
+    found, has_file = _already_committed(records, kids[0]._sha)
+    assert found is not None and found["rev"] == FIRST_REV and INLINE_FIELD not in found and not has_file
 
     exp2, _, _ = build(exp_dir, tags=("later",))
     exp2.run(progress=False)  # a newer revision: the first record is gone, the pickle has its file
     assert not os.path.exists(os.path.join(exp_dir, meta_key(kids[0]._sha, FIRST_REV)))
-    found = _already_committed(records, kids[0]._sha)
-    assert found is not None and found["tags"] == ["later"]
+    found, has_file = _already_committed(records, kids[0]._sha)
+    assert found is not None and found["tags"] == ["later"] and has_file
 
 
 class _MovesOutDuringRead(LocalStore):
@@ -296,3 +305,181 @@ def test_a_pending_pickle_written_over_a_first_record_gets_its_own_file(exp_dir)
     records.forget_recent()
     assert records.read_pickle(sha)[0] == state_key(sha)
     assert records.load_pickle(sha).w.tolist() == [10.0, 20.0, 30.0, 40.0]  # the new pickle, not the carried one
+
+
+# ---- the layout mark, leftovers, races --------------------------------------------------------
+
+
+def _experiment_format(directory):
+    with open(os.path.join(directory, "experiment.json"), "rb") as f:
+        return json.loads(f.read())["format"]
+
+
+def test_a_new_experiment_says_its_layout_and_an_older_one_is_marked_before_its_first_carried_pickle(exp_dir):
+    exp, _, _ = build(exp_dir)
+    exp.run(progress=False)
+    assert _experiment_format(exp_dir) == STORE_FORMAT == 2
+
+    # An experiment begun by an older dagger (layout 1: a pickle file for every state)...
+    path = os.path.join(exp_dir, "experiment.json")
+    with open(path, "rb") as f:
+        info = json.loads(f.read())
+    info["format"] = 1
+    with open(path, "w") as f:
+        json.dump(info, f)
+    again, _, _ = build(exp_dir)
+    assert again.run(progress=False).computed == []
+    assert _experiment_format(exp_dir) == 1  # nothing written, nothing marked
+    grown, _, _ = build(exp_dir, k=(1.0, 2.0, 3.0))
+    grown.run(progress=False)  # ...is marked once it holds a record that carries a pickle
+    assert _experiment_format(exp_dir) == 2
+
+
+def test_a_folder_of_a_newer_layout_is_refused(exp_dir):
+    exp, _, _ = build(exp_dir)
+    exp.run(progress=False)
+    path = os.path.join(exp_dir, "experiment.json")
+    with open(path, "rb") as f:
+        info = json.loads(f.read())
+    info["format"] = STORE_FORMAT + 1
+    with open(path, "w") as f:
+        json.dump(info, f)
+    with pytest.raises(dg.FormatVersionError, match="newer dagger"):
+        dg.Experiment(exp_dir, state_class=Small)
+
+
+@pytest.mark.parametrize("how", ["damaged then recomputed", "left by a killed run"])
+def test_a_leftover_pickle_file_is_written_over_when_the_state_is_computed(exp_dir, how):
+    """Readers look at a pickle file first: a recomputed state never leaves a stale one in front of its own."""
+    exp, _, kids = build(exp_dir)
+    exp.run(progress=False)
+    sha = kids[0]._sha
+    path = os.path.join(exp_dir, state_key(sha))
+    records = Records(LocalStore(exp_dir))
+    if how == "damaged then recomputed":
+        records.externalize_pickle(sha)
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
+        raw[-3] ^= 0x01  # the damage `verify` finds; its hint: delete the state's records and run again
+        with open(path, "wb") as f:
+            f.write(raw)
+    else:  # a complete, valid pickle of other values (other code), whose run was killed before its commit
+        other = records.load_pickle(sha)
+        other.w = other.w + 99
+        records.save_pickle(sha, other)
+    for name in os.listdir(os.path.join(exp_dir, "meta")):
+        if name.startswith(sha):
+            os.remove(os.path.join(exp_dir, "meta", name))
+
+    again, _, kids2 = build(exp_dir)
+    assert [s.sha for s in again.run(progress=False).computed] == [sha]
+    assert INLINE_FIELD not in record(exp_dir, sha)  # the new pickle went to the file, over the old one
+    node = dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha)
+    assert node.restore().w.tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert verify(again.records).ok
+
+
+class _FileAppearsMeanwhile(LocalStore):
+    """Another process writes the pickle file after this one found none, just as this one starts writing it."""
+
+    def __init__(self, path, planted):
+        super().__init__(path)
+        self.planted = planted
+
+    def _begin(self, key):
+        if key.startswith("states/") and self.planted is not None:
+            LocalStore(self.root).put(key, self.planted)
+            self.planted = None
+        return super()._begin(key)
+
+
+def test_moving_a_pickle_out_never_replaces_a_file_written_meanwhile(exp_dir):
+    """A rerun in another process (on_code_change="rerun") wrote the state's new pickle: it stays."""
+    exp, _, kids = build(exp_dir)
+    exp.run(progress=False)
+    sha = kids[0]._sha
+    newer = b'{"format":1,"blobs":[]}\n' + b"the rerun's pickle"
+    store = _FileAppearsMeanwhile(exp_dir, newer)
+    Records(store).externalize_pickle(sha)
+    assert store.planted is None  # the other writer did get in between
+    with open(os.path.join(exp_dir, state_key(sha)), "rb") as f:
+        assert f.read() == newer
+
+
+def test_put_if_absent_on_a_local_folder_is_one_atomic_step(tmp_path):
+    store = LocalStore(str(tmp_path))
+    assert store.put_if_absent("states/ab/x.pkl", b"first") is True
+    assert store.put_if_absent("states/ab/x.pkl", b"second") is False
+    assert store.get("states/ab/x.pkl") == b"first"
+    assert os.listdir(tmp_path / "tmp") == []  # the temporary file is gone either way
+
+
+def test_the_size_bound_counts_the_header_too(exp_dir):
+    """A pickle that names many blobs has a long header: the record stays within INLINE_MAX all the same."""
+
+    class ManyBlobs(dg.Recipe):
+        PROPERTIES = ["n"]
+
+        def run(self, state):
+            state.parts = [np.full(8192, float(i)) for i in range(self.n)]  # 64 KiB each: a blob each
+            return state
+
+    exp = dg.Experiment(exp_dir, state_class=Small)
+    root = exp.spawn_new_tree(name="t")
+    many = ManyBlobs(n=200)(root)
+    exp.run(progress=False)
+    meta = exp.records.read_meta(many._sha, FIRST_REV)
+    assert len(meta["blobs"]) >= 200 and meta["pickle_bytes"] > INLINE_MAX
+    assert INLINE_FIELD not in record(exp_dir, many._sha)
+    assert os.path.getsize(os.path.join(exp_dir, state_key(many._sha))) == meta["pickle_bytes"]
+
+
+def test_gc_keeps_an_unreadable_first_record_that_may_carry_the_only_pickle(exp_dir):
+    sha = _crash_after_a_newer_revision(exp_dir)
+    first = os.path.join(exp_dir, meta_key(sha, FIRST_REV))
+    with open(first, "rb") as f:
+        raw = f.read()
+    with open(first, "wb") as f:
+        f.write(raw[: len(raw) // 2])  # torn
+    report = gc(Records(LocalStore(exp_dir)))
+    assert os.path.exists(first)
+    assert report.skipped == {"unreadable_first_records": 1} and "dagger verify" in str(report)
+    assert any(p.file == meta_key(sha, FIRST_REV) for p in verify(Records(LocalStore(exp_dir))).problems)
+
+
+def test_a_rerun_whose_functions_give_the_same_results_writes_nothing(exp_dir):
+    exp, _, kids = build(exp_dir, functions=(mean_w,))
+    exp.run(progress=False)
+    sha = kids[0]._sha
+    before = sorted(os.listdir(os.path.join(exp_dir, "meta")))
+    again, _, _ = build(exp_dir, functions=(mean_w,))
+    report = again.run(progress=False)
+    assert report.computed == []
+    assert sorted(os.listdir(os.path.join(exp_dir, "meta"))) == before  # same revisions: nothing rewritten
+    assert files(exp_dir, "states") == []  # and every pickle still travels in its record
+    assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).results["mean_w"] == 2.5
+
+    def mean_w_plus(state):
+        return float(state.w.mean()) + 1
+
+    third, _, _ = build(exp_dir, functions=(mean_w_plus,))
+    third.run(progress=False)  # a new result: a new revision
+    assert _only_revision(exp_dir, sha) > FIRST_REV
+    assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).results["mean_w_plus"] == 3.5
+
+
+def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried(exp_dir):
+    from dagger.cli import _stored_files
+
+    exp = dg.Experiment(exp_dir, state_class=Small)
+    root = exp.spawn_new_tree(name="t")
+    grown = Grow(n=20_000)(root)
+    exp.run(progress=False)
+    tree = dg.Experiment.restore(exp_dir, state_class=Small)
+    carried = _stored_files(tree, tree.graph.node(root._sha))["pickle"]
+    assert carried["key"] == meta_key(root._sha, FIRST_REV) and carried["where"] == "carried by the commit record"
+    own = _stored_files(tree, tree.graph.node(grown._sha))["pickle"]
+    assert own["key"] == state_key(grown._sha) and own["where"] == "own file" and own["bytes"] > INLINE_MAX
+    os.remove(os.path.join(exp_dir, state_key(grown._sha)))  # its first record carries no pickle
+    missing = _stored_files(tree, tree.graph.node(grown._sha))["pickle"]
+    assert missing["key"] == state_key(grown._sha) and missing["bytes"] is None

@@ -429,7 +429,7 @@ def _section(out: Callable[..., None], title: str, values: dict[str, Any]) -> No
 
 
 def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
-    """The state's pickle and blobs with their sizes (no file is opened, only sized)."""
+    """The state's pickle and blobs with their sizes (files are sized, not read; a commit record that may carry the pickle is read)."""
     meta = node._meta()
     store = exp.store
     key = state_key(node.sha())
@@ -438,9 +438,12 @@ def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
         pickle_bytes: int | None = store.size(key)
     except (FileNotFoundError, OSError):
         pickle_bytes = None
-        first = meta_key(node.sha(), FIRST_REV)
-        if store.exists(first):  # a small pickle travels in the state's first commit record
-            key, where = first, "carried by the commit record"
+        try:  # a small pickle travels in the state's first commit record
+            carried = exp.records.carries_pickle(node.sha())
+        except (OSError, CorruptRecordError):
+            carried = False
+        if carried:
+            key, where = meta_key(node.sha(), FIRST_REV), "carried by the commit record"
             recorded = meta.get("pickle_bytes")
             pickle_bytes = recorded if isinstance(recorded, int) else None
     parent = node.parent

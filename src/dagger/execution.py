@@ -152,6 +152,8 @@ class TaskSpec:
     reason: str | None = None
     #: Recompute although committed, replacing this metadata revision (policy "rerun").
     replace_rev: str | None = None
+    #: A stored state evaluated again: whether this run gives it other tags than it has.
+    retagged: bool = False
 
 
 def worker_name() -> str:
@@ -220,7 +222,7 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             if runtime.locking:
                 lock = records.store.lock(f"locks/{spec.sha}.lock", runtime.lock_stale_after)
                 lock.acquire()
-            existing = None if spec.replace_rev else _already_committed(records, spec.sha)
+            existing, leftover = (None, True) if spec.replace_rev else _already_committed(records, spec.sha)
             if existing is not None:
                 record["status"] = "cached"
                 meta = existing
@@ -228,13 +230,16 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             else:
                 state = _compute(runtime, records, spec)
                 meta = dict(spec.meta)
-                # A first commit carries a small pickle in its record; a replaced state keeps its own file.
-                meta.update(records.save_pickle(spec.sha, state, inline=spec.replace_rev is None))
+                # A first commit carries a small pickle in its record. Where a pickle file is already
+                # there (a replaced state's, or one left by a run killed before its commit), the new
+                # pickle is written over it instead: readers look at that file first.
+                meta.update(records.save_pickle(spec.sha, state, inline=not leftover))
                 record["status"] = "computed"
         else:
             meta = dict(spec.meta)
             state = None
             record["status"] = "cached"
+        before = (meta.get("results"), meta.get("function_errors"))
         if spec.functions:
             if state is None:
                 state = records.load_pickle(spec.sha)
@@ -256,8 +261,11 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
         end = time.time()
         if record["status"] == "computed":
             meta["run"] = {"start": start, "end": end, "duration": end - start, "worker": record["worker"]}
-        if record["status"] == "computed" or spec.functions:
-            # (A state another process committed meanwhile, with no Function to add: nothing changed.)
+        # A stored state is given a new revision only when this run changed it: a rerun whose
+        # Functions give the results already recorded writes nothing (and keeps a carried pickle
+        # where it is); nor does a state another process committed meanwhile.
+        changed = spec.retagged or (meta.get("results"), meta.get("function_errors")) != before
+        if record["status"] == "computed" or changed:
             old_rev = meta.get("rev") if record["status"] == "cached" else spec.replace_rev
             records.write_meta(meta, old_rev=old_rev)
         if record["status"] == "computed":
@@ -286,17 +294,24 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             lock.release()
 
 
-def _already_committed(records: Records, sha: str) -> dict[str, Any] | None:
-    """Whether another process committed ``sha`` meanwhile: one probe, unless it did.
+def _already_committed(records: Records, sha: str) -> tuple[dict[str, Any] | None, bool]:
+    """Whether another process committed ``sha`` meanwhile (its metadata), and whether a pickle file is there.
 
     Every state's first commit record has one known name. A state whose first
     record a newer revision replaced has its pickle file; a state from an older
-    experiment (whose records have no fixed first name) too.
+    experiment (whose records have no fixed first name) too. A pickle file
+    without any commit record is a leftover of a run killed before its commit.
     """
-    if not records.store.exists(meta_key(sha, FIRST_REV)) and not records.store.exists(state_key(sha)):
-        return None
+    if records.store.exists(meta_key(sha, FIRST_REV)):
+        has_file = None  # not asked: only matters when the state turns out not to be committed
+    elif records.store.exists(state_key(sha)):
+        has_file = True
+    else:
+        return None, False
     rev = records.committed().get(sha)
-    return None if rev is None else records.read_meta(sha, rev)
+    if rev is not None:
+        return records.read_meta(sha, rev), bool(has_file)
+    return None, has_file if has_file is not None else records.store.exists(state_key(sha))
 
 
 def _attach(state: ExperimentState, sha: str, meta: dict[str, Any]) -> None:

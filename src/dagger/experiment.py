@@ -40,7 +40,7 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import Records, StoredMetas, paused_gc
+from dagger.store.records import STORE_FORMAT, Records, StoredMetas, paused_gc
 
 
 class Experiment:
@@ -155,7 +155,7 @@ class Experiment:
             )
         if self.info is None:
             self.info = {
-                "format": hashing.FORMAT_VERSION,
+                "format": STORE_FORMAT,
                 "state_class": path,
                 "root": sha,
                 "root_properties": jsonable(props),
@@ -324,11 +324,14 @@ class Experiment:
 
     def _spec(self, promise: ExperimentStatePromise, compute: bool, stored_meta: dict[str, Any] | None) -> TaskSpec:
         assert self.state_class is not None
+        retagged = False
         if compute:
             meta = self._base_meta(promise)
         else:
             meta = dict(stored_meta or {})
-            meta["tags"] = list(promise.tags) if promise.tags else meta.get("tags", [])
+            tags = list(promise.tags) if promise.tags else meta.get("tags", [])
+            retagged = tags != meta.get("tags", [])
+            meta["tags"] = tags
         recipe = promise.recipe
         label = type(recipe).__name__ if recipe is not None else "root"
         return TaskSpec(
@@ -342,6 +345,7 @@ class Experiment:
             functions=list(promise.functions),
             meta=meta,
             label=label,
+            retagged=retagged,
         )
 
     def _recipe_class_info(self, cls: type[Recipe]) -> tuple[str, str, Any, str | None]:

@@ -97,17 +97,37 @@ class LocalStore(Store):
         # (fstat, ioctl, lseek) and a context manager, per small file.
         tmp, final = self._begin(key)
         try:
-            fd = os.open(tmp, _CREATE, 0o666)
-            try:
-                _write_all(fd, data)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_tmp(tmp, data)
             os.replace(tmp, final)
         except BaseException:
             _discard(tmp)
             raise
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store ``data`` unless ``key`` exists, atomically: a hard link never replaces a file."""
+        if type(self).open_write is not LocalStore.open_write:  # a subclass hooks every write there
+            return super().put_if_absent(key, data)
+        tmp, final = self._begin(key)
+        try:
+            self._write_tmp(tmp, data)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: check, then write
+                return super().put_if_absent(key, data)
+            return True
+        finally:
+            _discard(tmp)
+
+    def _write_tmp(self, tmp: str, data: bytes | bytearray | memoryview) -> None:
+        fd = os.open(tmp, _CREATE, 0o666)
+        try:
+            _write_all(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:

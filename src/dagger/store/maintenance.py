@@ -49,6 +49,9 @@ LOCK_STALE_AFTER = 6 * 3600.0
 
 _CHUNK = 8 * 1024 * 1024
 
+#: What gc keeps although superseded: a first commit record it cannot read (it may carry the pickle).
+UNREADABLE = "unreadable_first_records"
+
 #: gc's categories, in the order reports list them.
 GC_KINDS = {
     "blobs": "unreferenced blobs",
@@ -127,7 +130,10 @@ class GcReport:
         if not self.removed_count:
             lines.append("  nothing to remove")
         for kind, n in self.skipped.items():
-            lines.append(f"  kept {n} {GC_KINDS.get(kind, kind)}: a running experiment may still need them")
+            if kind == UNREADABLE:
+                lines.append(f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`")
+            else:
+                lines.append(f"  kept {n} {GC_KINDS.get(kind, kind)}: a running experiment may still need them")
         freed = "would free" if self.dry_run else "freed"
         lines.append(f"  {freed} {format_bytes(self.freed_bytes)} in total")
         return "\n".join(lines)
@@ -363,7 +369,11 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     for key in superseded:
         m = _META_NAME.fullmatch(key.removeprefix("meta/"))
         if m is not None and m.group(2) == FIRST_REV and not dry_run:
-            records.externalize_pickle(m.group(1))  # the first record may carry the pickle: keep it
+            try:
+                records.externalize_pickle(m.group(1))  # the first record may carry the pickle: keep it
+            except CorruptRecordError:  # unreadable: kept as it is, for `verify` to report
+                report.skipped[UNREADABLE] = report.skipped.get(UNREADABLE, 0) + 1
+                continue
         remove("meta_revisions", key)
     for sha in sorted(doomed):
         # The commit record goes first, so a crash here leaves an uncommitted pickle, never a broken state.

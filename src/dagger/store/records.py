@@ -88,12 +88,17 @@ def meta_key(sha: str, rev: str) -> str:
 #: The revision of every state's first commit record: fixed (and lower than any later one), so
 #: whether a state was committed is one probe for one known name.
 FIRST_REV = "0" * 20
-#: A pickle of at most this many bytes travels inside its state's first commit record, as the
-#: record's last field: one file written per state instead of two.
-INLINE_MAX = 64 * 1024
+#: A pickle file of at most this many bytes (header line included) travels inside its state's
+#: first commit record, as the record's last field: one file written per state instead of two.
+#: Bounded so that records stay small for the readers that read them all (an index rebuild).
+INLINE_MAX = 16 * 1024
 INLINE_FIELD = "pickle"
 #: Where save_pickle leaves a pickle for write_meta to carry (never written as metadata).
 PENDING_PICKLE = "_pending_pickle"
+#: The layout version in ``experiment.json``: 2 since first commit records may carry pickles.
+#: (Records, pickle headers and hashes keep ``FORMAT_VERSION``: the layout changed, not they.)
+#: A dagger that reads only layout 1 refuses the folder instead of missing those pickles.
+STORE_FORMAT = 2
 
 
 def new_rev() -> str:
@@ -142,6 +147,7 @@ class Records:
         # worker, which never writes the index, would otherwise gather them forever.
         self.keep_written = False
         self._written: dict[str, tuple[str, str]] = {}
+        self._layout_ok = False  # experiment.json is known to say layout STORE_FORMAT (or is absent)
 
     def _remember(self, sha: str, data: bytes, blobs: list[tuple[str, int]]) -> None:
         size = len(data) + _ENTRY_OVERHEAD
@@ -165,11 +171,12 @@ class Records:
         return self._blob_hash
 
     def forget_recent(self) -> None:
-        """Drop the in-memory copies of recently saved pickles (the next loads read the store)."""
+        """Drop what this process remembers of the store: recently saved pickles, the layout (at each run)."""
         with self._recent_lock:
             self._recent.clear()
             self._recent_bytes = 0
         self._written = {}
+        self._layout_ok = False  # read experiment.json's layout again before carrying a pickle
 
     # ---- experiment record ---------------------------------------------------
 
@@ -179,12 +186,26 @@ class Records:
         except FileNotFoundError:
             return None
         info = _parse_json(raw, EXPERIMENT_KEY)
-        _check_format(info, EXPERIMENT_KEY)
+        _check_format(info, EXPERIMENT_KEY, STORE_FORMAT)
         self._blob_hash = digest.check(info.get("blob_hash", digest.LEGACY), EXPERIMENT_KEY)
+        self._layout_ok = info["format"] >= STORE_FORMAT
         return info
 
     def write_experiment(self, info: dict[str, Any]) -> None:
         self.store.put(EXPERIMENT_KEY, encode_json(info))
+        self._layout_ok = info.get("format", 0) >= STORE_FORMAT
+
+    def _mark_layout(self) -> None:
+        """Before the first record that carries a pickle: say so in ``experiment.json`` (layout 2).
+
+        An experiment begun by an older dagger is upgraded in place; a dagger that knows
+        only layout 1 then refuses the folder (FormatVersionError) instead of reading it as
+        if every pickle had its own file (and removing the blobs only carried pickles name).
+        """
+        info = self.read_experiment()
+        if info is not None and info["format"] < STORE_FORMAT:
+            self.write_experiment({**info, "format": STORE_FORMAT})
+        self._layout_ok = True  # (no experiment.json: a bare store of records, nothing to mark)
 
     # ---- listing and metadata ------------------------------------------------
 
@@ -230,6 +251,8 @@ class Records:
         pending = meta.pop(PENDING_PICKLE, None)
         if old_rev is None:
             rev = FIRST_REV
+            if pending is not None and not self._layout_ok:
+                self._mark_layout()
         else:
             if old_rev == FIRST_REV:
                 self.externalize_pickle(sha)
@@ -311,7 +334,17 @@ class Records:
         except FileNotFoundError:
             return  # moved out meanwhile by another process: the file exists now
         if raw is not None:
-            self.store.put(key, raw)
+            # Never over a file that appeared meanwhile: a rerun's new pickle (on_code_change="rerun"
+            # in another process) must not be replaced by the one this record carried.
+            self.store.put_if_absent(key, raw)
+
+    def carries_pickle(self, sha: str) -> bool:
+        """Whether ``sha``'s first commit record exists and carries its pickle."""
+        try:
+            key = meta_key(sha, FIRST_REV)
+            return INLINE_FIELD in _parse_json(self.store.get(key), key)
+        except FileNotFoundError:
+            return False
 
     def _inline_pickle(self, sha: str) -> bytes | None:
         """The pickle file's bytes carried by ``sha``'s first commit record (None if it carries none)."""
@@ -360,7 +393,7 @@ class Records:
             listed = encode_json(blobs).decode() if blobs else "[]"
             header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
             out: dict[str, Any] = {"pickle_bytes": len(header) + len(data), "blobs": blobs}
-            if inline and len(data) <= INLINE_MAX:
+            if inline and len(header) + len(data) <= INLINE_MAX:
                 out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
             else:
                 self.store.put(state_key(sha), header + data)
@@ -961,12 +994,12 @@ def _parse_json(raw: bytes, key: str) -> dict[str, Any]:
     return data
 
 
-def _check_format(data: dict[str, Any], key: str) -> None:
+def _check_format(data: dict[str, Any], key: str, newest: int = FORMAT_VERSION) -> None:
     fmt = data.get("format")
     if not isinstance(fmt, int):
         raise CorruptRecordError(f"{key} has no format version: it was not written by dagger")
-    if fmt > FORMAT_VERSION:
+    if fmt > newest:
         raise FormatVersionError(
-            f"{key} was written by a newer dagger (format {fmt}; this one reads up to {FORMAT_VERSION}). "
+            f"{key} was written by a newer dagger (format {fmt}; this one reads up to {newest}). "
             "Upgrade dagger (pip install -U dagger-experiments) to read it."
         )
