@@ -35,6 +35,7 @@ os.environ.setdefault("DAGGER_PROGRESS", "0")
 import rel_scenarios as sc  # noqa: E402
 
 import dagger as dg  # noqa: E402
+from dagger.store.pickling import DEFAULT_THRESHOLD  # noqa: E402
 
 
 def _row(name: str, trials: list[dict[str, Any]], floor: float) -> dict[str, Any]:
@@ -76,12 +77,23 @@ def concurrent(base: str, n: int, window: float, floor: float, seed: int) -> dic
     return _row("SIGKILL of one of 4 concurrent runners", trials, floor)
 
 
+#: The writes a disk failure can hit: (label, FaultyStore kind, state shape). A small pickle travels
+#: in its state's first commit record; weights kept just under the blob threshold stay in the pickle,
+#: which is then too large to carry and gets its own file.
+DISK_FAULTS = {
+    "blob write": ("blob", {}),
+    "pickle file write": ("pickle", {"size": DEFAULT_THRESHOLD // 8 - 1}),
+    "commit record write (carrying the pickle)": ("meta", {}),
+}
+
+
 def disk_failure(base: str, n: int, code: str, kind: str, floor: float) -> dict[str, Any]:
+    fault, shape = DISK_FAULTS[kind]
     trials = []
     for i in range(n):
-        directory = os.path.join(base, f"{code}-{kind}{i}")
-        store = sc.FaultyStore(directory, kind=kind, nth=1 + i % 8, code=sc.ERRNOS[code])
-        exp = sc.define(store)
+        directory = os.path.join(base, f"{code}-{fault}{i}")
+        store = sc.FaultyStore(directory, kind=fault, nth=1 + i % 8, code=sc.ERRNOS[code])
+        exp = sc.define(store, **shape)
         problems = []
         try:
             exp.run(progress=False)
@@ -96,7 +108,7 @@ def disk_failure(base: str, n: int, code: str, kind: str, floor: float) -> dict[
             problems.append("a partial file was left behind")
         before = sc.committed(directory)
         first = sc.audit(directory)
-        report, seconds = sc.recover(directory)
+        report, seconds = sc.recover(directory, **shape)
         after = sc.committed(directory)
         recomputed = {s.sha for s in report.computed}
         lost = [s for s in before if s in recomputed or s not in after]
@@ -110,7 +122,7 @@ def disk_failure(base: str, n: int, code: str, kind: str, floor: float) -> dict[
                 "recover_s": seconds,
             }
         )
-    return _row(f"{code} on the n-th {kind} write", trials, floor)
+    return _row(f"{code} on the n-th {kind}", trials, floor)
 
 
 def orphan_lock(base: str, n: int, floor: float) -> dict[str, Any]:
@@ -189,7 +201,9 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "  sees half a file under a real key; a disk error mid-write removes the temporary file and fails",
         "  only that state, with an error naming it (`could not save state <hash>: No space left on device`).",
         "- A state exists once its commit record (`meta/<sha>.<rev>.json`) exists, and that record is written",
-        "  last, after the pickle and its blobs. A kill at any instant leaves a complete state or none.",
+        "  last, after its blobs; a small pickle travels inside it, a larger one is written before it. A kill at",
+        "  any instant leaves a complete state or none. Before a newer revision replaces a record that carries",
+        "  the pickle, the pickle moves to its own file (never over one already there).",
         "- A state's blobs are checked against the store on every save (never against a cache that `gc` in",
         "  another process could have made stale), and re-hashed on every restore; each state pickle",
         "  carries its own checksum (BLAKE3) in its header, so any changed byte is caught on restore, not only truncation.",
@@ -247,7 +261,7 @@ def main() -> int:
             concurrent(base, max(10, args.trials // 5), window, floor, args.seed + 1),
         ]
         for code in ("ENOSPC", "EIO"):
-            for kind in ("blob", "pickle"):
+            for kind in DISK_FAULTS:
                 rows.append(disk_failure(base, 8, code, kind, floor))
         rows.append(orphan_lock(base, 10, floor))
         huge = None if args.no_huge else huge_property(base)

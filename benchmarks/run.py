@@ -353,28 +353,33 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
 - **Where a cold state's time goes now** (fan of 2,000, timed inside one run): about 50 us
   outside the tasks (33 us before the first task starts: task specs and Dask ordering the
   graph; 15-25 us after the last: the report and the index); Dask's bookkeeping; and in the
-  task the two atomic writes (85-113 us per state on this disk, 50-55 us on tmpfs),
+  task the atomic writes (two per state before the change below: 85-113 us per state on this
+  disk, 50-55 us on tmpfs),
   pickling and its checksum, unpickling the parent's copy, seeding, the commit record's JSON
   (12% of the instructions: float formatting and string escaping), the lock and the
   committed-meanwhile check. Inside a run each of these costs 2-4x what it costs in a tight
   loop (cold caches). With the two changes taken back still in, two full runs of this suite
   27 minutes apart gave a slowest shape of 0.261 ms (chain; fan 0.241, tree 0.258) and
   0.327 ms (fan; chain 0.320, tree 0.286), while the instruction counts stayed within 1%;
-  the cold-run, instruction and scaling sections below were rerun without them. Meeting
-  0.25 ms whatever the load would take fewer files per state (an append-only pack of
-  pickles and a log of commit records, about 75 us less on this disk): a storage-format
-  change not made here.
-- **One file per state, measured.** As an upper bound, a copy of dagger that skips writing
-  the pickle file altogether (so, one file creation per state instead of two) ran a cold fan
-  of 2,000 at 0.263 against 0.307 ms and a chain at 0.248 against 0.313 ms (medians of 5,
-  interleaved; a second such run, on a noisier stretch: fan 0.296 against 0.314, chain 0.284
-  against 0.461, tree 0.361 against 0.376). Writing the pickle in place under the state's kernel lock, without the
-  temporary file and rename (9 us less per file in a tight loop: 16.8 against 25.6 us), was
-  built and taken back: a kill mid-write then leaves a torn (uncommitted) pickle under its
-  real key, where today every file appears whole or not at all, and the crash audit rightly
-  flagged it. Storing small pickles inside the commit record would reach the bound without
-  torn files, but needs a new "committed meanwhile?" probe and touches restore, `gc`,
-  `verify` and the index: not done here.
+  the cold-run, instruction and scaling sections below were rerun without them.
+- **One file per state, built.** As an upper bound, a copy of dagger that skipped writing
+  the pickle file altogether ran a cold fan of 2,000 at 0.263 against 0.307 ms and a chain
+  at 0.248 against 0.313 ms (medians of 5, interleaved). Writing the pickle in place under
+  the state's kernel lock, without the temporary file and rename (9 us less per file in a
+  tight loop: 16.8 against 25.6 us), was built and taken back: a kill mid-write then leaves
+  a torn (uncommitted) pickle under its real key, and the crash audit rightly flagged it.
+  What was kept: a state's first commit record has a fixed name and carries its pickle
+  when that is at most 16 KiB (large buffers are blobs already), so committing a state
+  writes one file; the pickle moves to its own file before a newer revision replaces the
+  record (see docs/storage.md). Interleaved with the code before it, medians of 5 (ms per
+  state, before -> after): the first prototype fan 0.377 -> 0.308, chain 0.278 -> 0.240,
+  tree 0.318 -> 0.255; the final code, on a noisier stretch, fan 0.296 -> 0.269, tree
+  0.315 -> 0.264, chain 0.300 -> 0.330 (that side bimodal: 0.248, 0.329, 0.356, 0.354,
+  0.249). User-space instructions did not move (915,974 / 933,282 / 940,310 per chain /
+  fan / tree state): the saving is the kernel's file creation, and on a quiet minute it
+  is what separates 0.30 from 0.25 ms. Going further would take fewer file creations than
+  one per state (an append-only pack of pickles and a log of commit records): a larger
+  change of the store, not made.
 - **Fixed cost per run.** A 2-state run took 14 ms, 8 ms of it the environment snapshot,
   mostly two git commands run one after the other. They now run at the same time, start with
   the first state to compute and are collected once the tasks are built (a 2-state run:
