@@ -160,14 +160,20 @@ def test_committed_meanwhile_is_seen_before_and_after_the_pickle_moves(exp_dir):
     records = Records(LocalStore(exp_dir))
     assert _already_committed(records, kids[0]._sha) == (None, False)  # nothing yet, no file
     exp.run(progress=False)
-    found, has_file = _already_committed(records, kids[0]._sha)
-    assert found is not None and found["rev"] == FIRST_REV and INLINE_FIELD not in found and not has_file
+    found, _ = _already_committed(records, kids[0]._sha)
+    assert found is not None and found["rev"] == FIRST_REV and INLINE_FIELD not in found
 
     exp2, _, _ = build(exp_dir, tags=("later",))
     exp2.run(progress=False)  # a newer revision: the first record is gone, the pickle has its file
     assert not os.path.exists(os.path.join(exp_dir, meta_key(kids[0]._sha, FIRST_REV)))
-    found, has_file = _already_committed(records, kids[0]._sha)
-    assert found is not None and found["tags"] == ["later"] and has_file
+    found, _ = _already_committed(records, kids[0]._sha)  # seen through the pickle file
+    assert found is not None and found["tags"] == ["later"]
+    assert os.path.exists(os.path.join(exp_dir, state_key(kids[0]._sha)))
+
+    for name in os.listdir(os.path.join(exp_dir, "meta")):
+        if name.startswith(kids[0]._sha):
+            os.remove(os.path.join(exp_dir, "meta", name))
+    assert _already_committed(records, kids[0]._sha) == (None, True)  # not committed: a leftover file
 
 
 class _MovesOutDuringRead(LocalStore):

@@ -295,23 +295,19 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
 
 
 def _already_committed(records: Records, sha: str) -> tuple[dict[str, Any] | None, bool]:
-    """Whether another process committed ``sha`` meanwhile (its metadata), and whether a pickle file is there.
+    """Whether another process committed ``sha`` meanwhile (its metadata, else None), and, when it
+    did not, whether a pickle file is there all the same (left by a run killed before its commit).
 
     Every state's first commit record has one known name. A state whose first
     record a newer revision replaced has its pickle file; a state from an older
-    experiment (whose records have no fixed first name) too. A pickle file
-    without any commit record is a leftover of a run killed before its commit.
+    experiment (whose records have no fixed first name) too.
     """
-    if records.store.exists(meta_key(sha, FIRST_REV)):
-        has_file = None  # not asked: only matters when the state turns out not to be committed
-    elif records.store.exists(state_key(sha)):
-        has_file = True
-    else:
+    if not records.store.exists(meta_key(sha, FIRST_REV)) and not records.store.exists(state_key(sha)):
         return None, False
     rev = records.committed().get(sha)
     if rev is not None:
-        return records.read_meta(sha, rev), bool(has_file)
-    return None, has_file if has_file is not None else records.store.exists(state_key(sha))
+        return records.read_meta(sha, rev), False
+    return None, records.store.exists(state_key(sha))
 
 
 def _attach(state: ExperimentState, sha: str, meta: dict[str, Any]) -> None:

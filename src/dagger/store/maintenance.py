@@ -214,14 +214,14 @@ def _size(store: Store, key: str) -> int:
         return 0
 
 
-def _read_header(records: Records, sha: str) -> tuple[str, dict[str, Any], bytes]:
-    """Where a state's pickle is, its JSON header and all its bytes.
+def _read_header(records: Records, sha: str) -> dict[str, Any]:
+    """The JSON header of a state's pickle, from its file or its first commit record.
 
     FileNotFoundError if it is nowhere; CorruptRecordError if unreadable.
     """
     key, raw = records.read_pickle(sha)
     try:
-        return key, _parse_header(raw), raw
+        return _parse_header(raw)
     except CorruptRecordError as exc:
         raise CorruptRecordError(f"{key}: {exc}") from None
 
@@ -354,7 +354,7 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     pickles = store.list("states")
     for sha in kept_states:
         try:
-            _, header, _ = _read_header(records, sha)
+            header = _read_header(records, sha)
         except (FileNotFoundError, CorruptRecordError):
             continue
         referenced.update(str(name) for name, _size_ in header.get("blobs", []))

@@ -341,8 +341,7 @@ class Records:
     def carries_pickle(self, sha: str) -> bool:
         """Whether ``sha``'s first commit record exists and carries its pickle."""
         try:
-            key = meta_key(sha, FIRST_REV)
-            return INLINE_FIELD in _parse_json(self.store.get(key), key)
+            return self._inline_pickle(sha) is not None
         except FileNotFoundError:
             return False
 
