@@ -8,6 +8,7 @@ pickle moves to its own file; readers look there first.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 
@@ -489,3 +490,29 @@ def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried
     os.remove(os.path.join(exp_dir, state_key(grown._sha)))  # its first record carries no pickle
     missing = _stored_files(tree, tree.graph.node(grown._sha))["pickle"]
     assert missing["key"] == state_key(grown._sha) and missing["bytes"] is None
+
+
+class _FullDiskForPickleFiles(LocalStore):
+    def put(self, key, data):
+        if key.startswith("states/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().put(key, data)
+
+    def put_if_absent(self, key, data):
+        if key.startswith("states/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().put_if_absent(key, data)
+
+
+def test_a_failure_to_move_a_pickle_out_names_the_state_and_keeps_the_record(exp_dir):
+    exp, _, kids = build(exp_dir)
+    exp.run(progress=False)
+    sha = kids[0]._sha
+    again = dg.Experiment(_FullDiskForPickleFiles(exp_dir), state_class=Small)
+    root = again.spawn_new_tree(name="t")
+    dg.Function(mean_w)(Add(k=1.0)(root))  # a new result: the record is replaced, the pickle must move out first
+    with pytest.raises(dg.RunFailedError) as info:
+        again.run(progress=False)
+    assert f"could not save state {sha[:12]}" in str(info.value) and os.strerror(errno.ENOSPC) in str(info.value)
+    assert _only_revision(exp_dir, sha) == FIRST_REV  # the record that carries the pickle is still there
+    assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).restore().w.tolist() == [1.0, 2.0, 3.0, 4.0]

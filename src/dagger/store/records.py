@@ -249,27 +249,8 @@ class Records:
         """
         sha = meta["sha"]
         pending = meta.pop(PENDING_PICKLE, None)
-        if old_rev is None:
-            rev = FIRST_REV
-            if pending is not None and not self._layout_ok:
-                self._mark_layout()
-        else:
-            if old_rev == FIRST_REV:
-                self.externalize_pickle(sha)
-            if pending is not None:  # only a first record carries a pickle
-                self.store.put(state_key(sha), pending)
-                pending = None
-            rev = new_rev()
-            if rev <= old_rev:
-                rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
-        body = {k: v for k, v in meta.items() if k != "rev"}
-        text = _JSON.encode(body)
-        try:
-            if pending is None:
-                self.store.put(meta_key(sha, rev), text.encode())
-            else:  # the record's own JSON, plus one last field
-                carried = base64.b64encode(pending).decode()
-                self.store.put(meta_key(sha, rev), f'{text[:-1]},"{INLINE_FIELD}":"{carried}"}}'.encode())
+        try:  # any store failure on the way (moving a pickle out, the record itself) names the state
+            rev, text = self._write_record(meta, sha, old_rev, pending)
         except OSError as exc:
             if isinstance(exc, StoreError):
                 raise
@@ -319,6 +300,31 @@ class Records:
                 "it was modified or truncated. Run `dagger verify` and recompute the affected states."
             )
         return buf
+
+    def _write_record(
+        self, meta: dict[str, Any], sha: str, old_rev: str | None, pending: bytes | None
+    ) -> tuple[str, str]:
+        """Write the new revision of ``sha``'s record; return its rev and its JSON (without a carried pickle)."""
+        if old_rev is None:
+            rev = FIRST_REV
+            if pending is not None and not self._layout_ok:
+                self._mark_layout()
+        else:
+            if old_rev == FIRST_REV:
+                self.externalize_pickle(sha)
+            if pending is not None:  # only a first record carries a pickle
+                self.store.put(state_key(sha), pending)
+                pending = None
+            rev = new_rev()
+            if rev <= old_rev:
+                rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
+        text = _JSON.encode({k: v for k, v in meta.items() if k != "rev"})
+        if pending is None:
+            self.store.put(meta_key(sha, rev), text.encode())
+        else:  # the record's own JSON, plus one last field
+            carried = base64.b64encode(pending).decode()
+            self.store.put(meta_key(sha, rev), f'{text[:-1]},"{INLINE_FIELD}":"{carried}"}}'.encode())
+        return rev, text
 
     def externalize_pickle(self, sha: str) -> None:
         """Give a pickle carried by the first commit record its own file, before that record goes.
