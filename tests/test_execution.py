@@ -240,6 +240,50 @@ def test_garbage_from_before_the_run_stays_collectable_during_it(exp_dir):
     assert GC_SEEN == {"old_cycle_freed": True}
 
 
+def test_what_a_run_builds_goes_to_the_oldest_generation_unscanned():
+    # The graph of a large run would otherwise be scanned in each young generation and then
+    # trigger a full collection; nothing is pinned (no freeze is left behind).
+    import gc
+
+    from dagger.store.records import long_lived_build
+
+    with long_lived_build():
+        built = [[i] for i in range(2000)]
+        assert not gc.isenabled()
+    young = {id(o) for o in gc.get_objects(generation=0)} | {id(o) for o in gc.get_objects(generation=1)}
+    assert not any(id(x) in young for x in built)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_young_garbage_from_before_a_run_is_collected_as_it_starts():
+    import gc
+    import weakref
+
+    from dagger.store.records import long_lived_build
+
+    cycle = _Cycle()
+    ref = weakref.ref(cycle)
+    del cycle
+    with long_lived_build():
+        assert ref() is None  # not moved to the oldest generation, out of young collections' reach
+    assert gc.isenabled()
+
+
+def test_a_process_that_freezes_objects_itself_keeps_them_frozen():
+    import gc
+
+    from dagger.store.records import long_lived_build
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with long_lived_build():
+            [[i] for i in range(100)]
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_state_tasks_name_their_spec_and_parent():
     from dagger.execution import Runtime, TaskSpec, run_task, state_task, task_spec
 

@@ -120,6 +120,59 @@ def test_the_reused_pickler_starts_each_state_afresh():
     assert held < 1_000_000, f"{held} bytes still held after the dump returned"
 
 
+class _Scaled:
+    """Pickled by a reducer registered with copyreg (as libraries do for their types)."""
+
+    def __init__(self, v):
+        self.v = v
+
+
+def _reduce_doubled(obj):
+    return (_Scaled, (obj.v * 2,))
+
+
+def _reduce_tripled(obj):
+    return (_Scaled, (obj.v * 3,))
+
+
+class ScaledState(dg.ExperimentState):
+    PROPERTIES = ["v"]
+    NONHASHED_ATTRIBUTES = ["scaled"]
+
+    def initialize_state(self, **kwargs):
+        self.scaled = _Scaled(self.v)
+
+
+class Rescale(dg.Recipe):
+    PROPERTIES = ["v"]
+
+    def run(self, state):
+        state.scaled = _Scaled(self.v)
+        return state
+
+
+def test_reducers_registered_with_copyreg_are_used_new_at_once_replaced_from_the_next_run(exp_dir):
+    import copyreg
+
+    blobs = MemoryBlobs()
+    pickling.dumps({"warm": 1}, blobs.sink)  # the reducer table is built before the registration
+    copyreg.pickle(_Scaled, _reduce_doubled)
+    try:
+        data, _ = pickling.dumps(_Scaled(1), blobs.sink)
+        assert pickling.loads(data, [], blobs.source).v == 2
+        exp = dg.Experiment(exp_dir, state_class=ScaledState)
+        first = exp.spawn_new_tree(v=1)
+        exp.run()
+        copyreg.pickle(_Scaled, _reduce_tripled)  # replaced in place: read again at the next run
+        second = Rescale(v=10)(first)
+        exp.run()
+        tree = dg.Experiment.restore(exp_dir, state_class=ScaledState).graph
+        assert tree.node(first.sha()).restore().scaled.v == 2
+        assert tree.node(second.sha()).restore().scaled.v == 30
+    finally:
+        copyreg.dispatch_table.pop(_Scaled, None)
+
+
 def _module_function():
     return 1
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from dagger.errors import DefinitionError, RecipeReturnError
 from dagger.state import ExperimentState
-from dagger.store import open_store
+from dagger.store import open_store, pickling
 from dagger.store._local import current_pid
 from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
 
@@ -87,7 +87,11 @@ def take_written(runtime: Runtime) -> dict[str, tuple[str, str]]:
 
 
 def forget_recent(runtime: Runtime) -> None:
-    """Forget this process's in-memory copies of saved pickles, so a new run reads parents from the store."""
+    """Forget this process's in-memory copies of saved pickles, so a new run reads parents from the store.
+
+    Also read copyreg's reducers again (one replaced since the last run takes effect).
+    """
+    pickling.refresh_reducers()
     for recs in [*_RECORDS.values(), runtime.__dict__.get("_records")]:
         if recs is not None:
             recs.forget_recent()

@@ -40,7 +40,7 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import STORE_FORMAT, Records, StoredMetas, paused_gc
+from dagger.store.records import STORE_FORMAT, Records, StoredMetas, long_lived_build
 
 
 class Experiment:
@@ -268,7 +268,7 @@ class Experiment:
         graph: dict[str, Any] = {}
         plan: dict[str, str] = {}
         tag_updates: list[dict[str, Any]] = []
-        with paused_gc():  # thousands of specs that all stay alive: no collection would free any
+        with long_lived_build():  # thousands of specs and tasks that all stay alive until the run ends
             for promise in selected:
                 sha = promise._sha
                 known = sha in stored

@@ -190,7 +190,17 @@ class _RangeFile:
         self.path = path
         self.fd = -1
         self.busy: set[int] = set()
-        self.cond = threading.Condition()
+        self._threads()
+
+    def _threads(self) -> None:
+        """The mutex over ``busy``, and the condition that threads waiting for an offset wait on.
+
+        ``waiting`` counts them, so that a release wakes no one (and costs no
+        notify) when no thread waits, the usual case.
+        """
+        self.mutex = threading.Lock()
+        self.cond = threading.Condition(self.mutex)
+        self.waiting = 0
 
     def descriptor(self) -> int:
         """The open descriptor, reopened if the file was removed (a folder deleted and made again).
@@ -226,7 +236,7 @@ def _after_fork_in_child() -> None:
     _RANGE_FILES_LOCK = threading.Lock()
     for rf in _RANGE_FILES.values():
         rf.busy = set()
-        rf.cond = threading.Condition()
+        rf._threads()
 
 
 if hasattr(os, "register_at_fork"):
@@ -256,12 +266,16 @@ class RangeLock(Lock):
     def acquire(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         rf = _range_file(self.path)
-        with rf.cond:
-            while self.offset in rf.busy:
+        with rf.mutex:
+            while self.offset in rf.busy:  # another thread of this process holds it
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                rf.cond.wait(0.2 if remaining is None else min(remaining, 0.2))
+                rf.waiting += 1
+                try:
+                    rf.cond.wait(0.2 if remaining is None else min(remaining, 0.2))
+                finally:
+                    rf.waiting -= 1
             rf.busy.add(self.offset)
         try:
             self.held = self._try(rf) or _retry(lambda: self._try(rf), deadline)
@@ -290,9 +304,10 @@ class RangeLock(Lock):
         return True
 
     def _release_claim(self, rf: _RangeFile) -> None:
-        with rf.cond:
+        with rf.mutex:
             rf.busy.discard(self.offset)
-            rf.cond.notify_all()
+            if rf.waiting:
+                rf.cond.notify_all()
 
     def release(self) -> None:
         if self.delegate is not None:
@@ -314,7 +329,7 @@ def range_holders(path: str, limit: int = 100_000) -> int:
         return 0
     rf = _range_file(path)
     fd = rf.descriptor()  # never a new descriptor: closing one would drop our own locks
-    with rf.cond:
+    with rf.mutex:
         count = len(rf.busy)  # the kernel does not report this process's own locks
     start = 0
     while count < limit:  # other processes' locks, one F_GETLK per lock found

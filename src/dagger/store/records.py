@@ -549,6 +549,32 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
+@contextmanager
+def long_lived_build() -> Iterator[None]:
+    """Build many objects that all live until the run ends: collector paused, then none of them scanned.
+
+    Afterwards they go straight to the oldest generation (``gc.freeze`` then
+    ``gc.unfreeze``: two list splices). Left young, the collector would scan all
+    of them in each younger generation and then count them towards a full
+    collection (in a cold run of 2,000 states, 55 ms: a tenth of the run).
+    Nothing is pinned: any full collection (a recipe's ``gc.collect()``) still
+    scans them. Young garbage made before is collected first, as it soon would
+    have been. Skipped when the process uses ``gc.freeze`` itself.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.collect(0)
+    gc.disable()
+    try:
+        yield
+    finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()
+
+
 _INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
 _INDEX_HEAD = f'{{"format":"{_INDEX_FORMAT}","states":'
 _DECODER = json.JSONDecoder()
