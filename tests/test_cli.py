@@ -17,7 +17,7 @@ import sys
 
 import paperdefs
 import pytest
-from damage import edit_carried_pickle, pickle_bytes, pickle_file, sole_pickle_file
+from damage import edit_carried_pickle, left_long_ago, pickle_bytes, pickle_file, sole_pickle_file
 from typer.testing import CliRunner
 
 import dagger as dg
@@ -399,6 +399,7 @@ def test_gc_dry_run_then_removes_leftovers(listing):
     os.makedirs(os.path.dirname(junk), exist_ok=True)
     with open(junk, "wb") as f:
         f.write(b"half a write")
+    left_long_ago(junk)  # a write killed an hour ago (gc leaves fresh ones to their writers)
     dry = invoke("gc", listing, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert os.path.exists(junk) and "temporary files" in dry.stdout

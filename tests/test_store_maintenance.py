@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from damage import edit_carried_pickle, pickle_bytes, pickle_file, sole_pickle_file
+from damage import edit_carried_pickle, left_long_ago, pickle_bytes, pickle_file, sole_pickle_file
 from storedefs import BigState, build
 
 import dagger as dg
@@ -63,6 +63,8 @@ def test_gc_removes_leftovers_and_reports_bytes(small):
     # leftovers of interrupted writes
     store.put("tmp/deadbeef", b"x" * 1000)
     store.put("tmp/cafe", b"y" * 24)
+    for name in ("deadbeef", "cafe"):
+        left_long_ago(os.path.join(exp.directory, "tmp", name))  # killed writes, past gc's grace period
     orphan_sha = "ab" * 32
     store.put(rec.state_key(orphan_sha), b'{"format":1,"blobs":[]}\n.')
     unused = os.urandom(70_000)
@@ -126,7 +128,26 @@ def test_gc_keeps_in_flight_data_while_an_experiment_runs(small):
     assert store.exists("tmp/inflight")
     assert "kept 1 temporary files" in str(report)
     store.delete("locks/" + "12" * 32 + ".lock")
+    left_long_ago(os.path.join(exp.directory, "tmp", "inflight"))
     assert exp.gc().counts()["tmp"] == 1
+
+
+def test_gc_leaves_a_temporary_file_written_moments_ago_to_its_writer(small):
+    # Tag updates and Function results on cached states are written without a state lock:
+    # their temporary file may be between its write and its rename while gc runs.
+    exp, _, _ = small
+    store = exp.store
+    store.put("tmp/being-renamed", b"r" * 10)
+    store.put("tmp/killed-long-ago", b"k" * 10)
+    left_long_ago(os.path.join(exp.directory, "tmp", "killed-long-ago"))
+    report = exp.gc()
+    assert report.live_locks == 0
+    assert report.removed["tmp"] == ["tmp/killed-long-ago"]
+    assert report.skipped == {"recent_tmp": 1}
+    assert store.exists("tmp/being-renamed")
+    assert "kept 1 temporary files written in the last 60 s" in str(report)
+    left_long_ago(os.path.join(exp.directory, "tmp", "being-renamed"))
+    assert exp.gc().removed["tmp"] == ["tmp/being-renamed"]
 
 
 def test_gc_unreachable_only_when_asked(small):

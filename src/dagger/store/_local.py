@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +181,22 @@ class LocalStore(Store):
                         stack.append((entry.path, name))
                     else:
                         out.append(name)
+        return out
+
+    def temp_keys(self, older_than: float = 0.0) -> builtins.list[str]:
+        now = time.time()
+        out: builtins.list[str] = []
+        try:
+            entries = os.scandir(self._tmp)
+        except FileNotFoundError:
+            return out
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= older_than:
+                        out.append(f"tmp/{entry.name}")
+                except FileNotFoundError:  # renamed into place meanwhile
+                    continue
         return out
 
     def names(self, folder: str) -> builtins.list[str]:

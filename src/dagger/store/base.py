@@ -86,8 +86,12 @@ class Store(abc.ABC):
         self.put(key, data)
         return True
 
-    def temp_keys(self) -> builtins.list[str]:
-        """Leftovers of interrupted writes, for ``gc``."""
+    def temp_keys(self, older_than: float = 0.0) -> builtins.list[str]:
+        """Leftovers of interrupted writes, for ``gc``: those not written to for ``older_than`` seconds.
+
+        A backend that cannot tell a file's age lists them all (object stores write
+        each value in one request and leave no temporary files).
+        """
         return [k for k in self.list("tmp")]
 
     def lock(self, key: str, stale_after: float) -> Lock:

@@ -52,6 +52,13 @@ _CHUNK = 8 * 1024 * 1024
 #: What gc keeps although superseded: a first commit record it cannot read (it may carry the pickle).
 UNREADABLE = "unreadable_first_records"
 
+#: gc leaves a temporary file alone until nothing has written to it for this long: writers that
+#: hold no state lock (a tag update, a Function's result recorded on a cached state) may be
+#: between writing it and renaming it into place, whatever the locks say.
+TMP_GRACE_S = 60.0
+#: What gc reports as kept for that reason.
+RECENT_TMP = "recent_tmp"
+
 #: gc's categories, in the order reports list them.
 GC_KINDS = {
     "blobs": "unreferenced blobs",
@@ -132,6 +139,11 @@ class GcReport:
         for kind, n in self.skipped.items():
             if kind == UNREADABLE:
                 lines.append(f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`")
+            elif kind == RECENT_TMP:
+                lines.append(
+                    f"  kept {n} temporary files written in the last {TMP_GRACE_S:.0f} s: a write may still "
+                    "be renaming them into place (a later gc removes them)"
+                )
             else:
                 lines.append(f"  kept {n} {GC_KINDS.get(kind, kind)}: a running experiment may still need them")
         freed = "would free" if self.dry_run else "freed"
@@ -384,7 +396,8 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
                 store.delete(key)
 
     # In-flight data: only when nothing is running.
-    tmp_keys: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
+    every_tmp: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
+    tmp_keys: list[str] = cast("list[str]", store.temp_keys(older_than=TMP_GRACE_S))
     orphans = []
     for key in pickles:
         sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
@@ -396,10 +409,12 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         if name not in referenced:
             unreferenced.append(key)
     if busy:
-        for kind, keys in (("tmp", tmp_keys), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+        for kind, keys in (("tmp", every_tmp), ("orphan_pickles", orphans), ("blobs", unreferenced)):
             if keys:
                 report.skipped[kind] = len(keys)
     else:
+        if len(every_tmp) > len(tmp_keys):
+            report.skipped[RECENT_TMP] = len(every_tmp) - len(tmp_keys)
         for key in tmp_keys:
             remove("tmp", key)
         for key in orphans:
