@@ -565,14 +565,11 @@ def long_lived_build() -> Iterator[None]:
         yield
         return
     gc.collect(0)
-    gc.disable()
-    try:
+    with paused_gc():
         yield
-    finally:
-        if not gc.get_freeze_count():
+        if not gc.get_freeze_count():  # (a build that raised leaves its objects young)
             gc.freeze()
             gc.unfreeze()
-        gc.enable()
 
 
 _INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
