@@ -318,7 +318,8 @@ class Records:
             rev = new_rev()
             if rev <= old_rev:
                 rev = f"{int(old_rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
-        text = _JSON.encode({k: v for k, v in meta.items() if k != "rev"})
+        # (A computed state's metadata has no rev yet: encoded as it is, not copied first.)
+        text = _JSON.encode(meta if "rev" not in meta else {k: v for k, v in meta.items() if k != "rev"})
         if pending is None:
             self.store.put(meta_key(sha, rev), text.encode())
         else:  # the record's own JSON, plus one last field
