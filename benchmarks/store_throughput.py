@@ -14,7 +14,13 @@ In the same run and the same folder, it times:
 - ``restore_noverify``: the same with ``verify_blobs=False`` (no hashing on load).
 
 Before each timed step, dirty pages are flushed (``os.sync``) so that one
-step's write-back does not slow the next. Each repetition uses a fresh folder (so the blob is really written, not
+step's write-back does not slow the next, and the step waits 3 s: this VM hands
+memory that stayed free for about 2 s back to its host (virtio-balloon free page
+reporting), and touching it again costs a fault per page. Measured here: a save
+made right after the previous 1 GiB was freed took 0.26-0.31 s, one made 3 s later
+1.37-1.90 s, and the 0.2 s pause used before let either side land on either
+case (a suite at 04:10 recorded saves of 1.13-1.44 s beside raw writes of
+0.22-0.24 s). Waiting 3 s puts every step in the same position. Each repetition uses a fresh folder (so the blob is really written, not
 deduplicated). One untimed raw write comes first: the process's first write of a GiB
 takes several times longer than the next ones (the kernel finds the page-cache memory),
 whoever makes it. Prints one JSON line: medians of ``--repeat`` runs, in seconds
@@ -53,10 +59,11 @@ class BigState(dg.ExperimentState):
 
 
 def settle() -> None:
-    """Start each timed step from the same point: no garbage, no dirty pages from the step before."""
+    """Start each timed step from the same point: no garbage, no dirty pages from the step before, and
+    the memory freed by the step before given back to the host (see the module's docstring)."""
     gc.collect()
     os.sync()
-    time.sleep(0.2)
+    time.sleep(3.0)
 
 
 def raw_write(path: str, data: np.ndarray, fsync: bool) -> float:
