@@ -130,8 +130,8 @@ def create_and_append_s(folder: str, size: int = 1024, count: int = 200) -> tupl
     return create, median(times)
 
 
-#: A quiet disk creates a small file (atomically) in 20-40x the time of a small append; ext4 with online
-#: discard (this VM) takes 100-700x for minutes after a mass deletion (0.12-0.72 ms against 1 us).
+#: A quiet disk creates a small file (atomically) in 23-52x the time of a small append; ext4 with online
+#: discard (this VM) takes 120-720x for minutes after a mass deletion (0.12-0.91 ms against 1 us).
 QUIET_CREATE_OVER_APPEND = 80.0
 
 

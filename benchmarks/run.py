@@ -284,8 +284,8 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   allocator checks and skips recently deleted inodes, the likely cause). Earlier versions of this page removed each
   run's folder before the next and so charged that cleanup to the next measurement: they
   reported 1.5-2.1 ms per cold state against an atomic write of 0.41 ms. The scripts now
-  keep every folder until the suite ends; run the suite at least five minutes after
-  removing many files, or the floor and the figures both rise (the ratios much less).
+  keep every folder until the suite ends, and `run.py` waits for the disk to settle before
+  each script (see the last note).
 - **Per computed state, on a quiet disk** (cold fan of 4,000 on `/dev/shm` and on disk,
   pyinstrument): Dask's synchronous scheduler about 30 us; pickling, checksum and header
   about 20 us; the two atomic writes about 35 us each on disk (create, write, rename; about
@@ -411,6 +411,21 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   twice per state). Scratch folders matter too: a folder created next to one whose thousands
   of files were just removed wrote an atomic small file in 0.59 ms, against 0.065 ms in a
   new top-level folder at the same moment.
+- **The disk's slow minutes, measured, and waited out.** Two suites 15 minutes apart, on
+  the same code, gave a slowest cold shape of 0.228 ms (03:35) and 0.475 ms (03:50, right
+  after the first suite's clean-up and a test run). A probe that deletes nothing showed
+  why: after about 17,000 small files were removed, creating a small file took 123-911 us
+  for about 4.5 minutes, against 34-53 us before and after, while appending the same bytes
+  to an open file took 1.0-1.5 us throughout. In such a minute a cold fan of 2,000 spent
+  0.456-0.465 ms per state in `put` alone (run 0.640-0.661 ms). `run.py` now waits before each
+  script (at most 10 minutes) until creating a file costs at most 80 appends (quiet: 23-52;
+  slow: 120-720), and each section says what the probe found. The lever that would make a
+  cold run indifferent to this is the one named above: a log of commit records appended to,
+  instead of one new file per state (not made). Store throughput had the same kind of
+  trap in memory: this VM returns memory free for about 2 s to its host, so a 1 GiB save
+  made right after the previous one was freed took 0.26-0.31 s and one made 3 s later
+  1.37-1.90 s; each timed step now waits 3 s, so the raw write and the save meet the same
+  conditions (the 04:10 suite, before: save / raw write 0.162 x).
 
 `python benchmarks/_ab.py OLD_SRC` compares another copy of dagger (e.g. `git archive
 <rev> src` unpacked in OLD_SRC) with this one, alternating run by run so both see the
@@ -502,7 +517,7 @@ def render(
         "Before each script, `run.py` waits (at most 10 minutes) until the disk creates a small",
         "file in at most 80 times what a small append takes (`_common.wait_for_quiet_disk`). On",
         "this VM's ext4 (mounted with `discard`), deleting many files (a test suite, the previous",
-        "suite's clean-up) makes creating one take 0.12-0.72 ms instead of 0.03-0.05 ms for",
+        "suite's clean-up) makes creating one take 0.12-0.91 ms instead of 0.03-0.05 ms for",
         "several minutes; a script started then would measure those deletions. Each section",
         "says how long it waited and what the probe found when it started.",
         "",
