@@ -140,8 +140,8 @@ def wait_for_quiet_disk(folder: str, limit_s: float = 600.0, every_s: float = 10
     :data:`QUIET_CREATE_OVER_APPEND` appends, and say how long that took.
 
     Deleting many files (a test suite, the previous benchmark suite's clean-up)
-    makes this VM's ext4 (mounted with ``discard``) create files 10-15x slower
-    for several minutes. A benchmark started then measures those deletions, not
+    makes this VM's ext4 (mounted with ``discard``) create files 3-25x slower
+    (0.12-0.91 ms against 0.034-0.053 ms) for several minutes. A benchmark started then measures those deletions, not
     dagger; the probe deletes nothing, so it does not prolong what it waits out.
     """
     t0 = time.perf_counter()

@@ -20,10 +20,12 @@ reporting), and touching it again costs a fault per page. Measured here: a save
 made right after the previous 1 GiB was freed took 0.26-0.31 s, one made 3 s later
 1.37-1.90 s, and the 0.2 s pause used before let either side land on either
 case (a suite at 04:10 recorded saves of 1.13-1.44 s beside raw writes of
-0.22-0.24 s). Waiting 3 s puts every step in the same position. Each repetition uses a fresh folder (so the blob is really written, not
+0.22-0.24 s). Waiting 3 s puts every step in the same position.
+
+Each repetition uses a fresh folder (so the blob is really written, not
 deduplicated). One untimed raw write comes first: the process's first write of a GiB
-takes several times longer than the next ones (the kernel finds the page-cache memory),
-whoever makes it. Prints one JSON line: medians of ``--repeat`` runs, in seconds
+takes several times longer than the next ones (its memory comes back from the host
+too), whoever makes it. Prints one JSON line: medians of ``--repeat`` runs, in seconds
 and MB/s, and ``write_ratio`` / ``read_ratio`` = store speed / raw speed
 (1.0 = as fast as the raw disk), the median of the ratios of each repetition's
 own pair, so that a slow stretch of a shared machine compares like with like
