@@ -258,8 +258,9 @@ def _floor_line(result: dict[str, Any]) -> str:
     if "atomic_fsync_write_ms" in result:
         parts.append(f"with fsync {_f(result['atomic_fsync_write_ms'])} ms")
     if "seq_write_ms" in result and "floor_bytes" in result:
-        mib = result["floor_bytes"] / 2**20
-        parts.append(f"sequential write / read of {mib:.2f} MiB: {_f(result['seq_write_ms'])} / {_f(result['seq_read_ms'])} ms")
+        n = result["floor_bytes"]
+        size = f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+        parts.append(f"sequential write / read of {size}: {_f(result['seq_write_ms'])} / {_f(result['seq_read_ms'])} ms")
     return ("Floor measured in the same run: " + "; ".join(parts) + ".") if parts else ""
 
 
