@@ -281,8 +281,9 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   what locking still costs).
 - **Measuring file creation on this VM**: for about five minutes after thousands of freshly
   written files are removed, creating a file in the same part of the disk costs 2-20x more
-  (kernel time, no disk I/O; the file system is ext4 without a journal, whose inode
-  allocator checks and skips recently deleted inodes, the likely cause). Earlier versions of this page removed each
+  (the file system is ext4 without a journal, mounted with `discard`; the last note below
+  measures it again, and points at the discards of freed blocks more than at the inode
+  allocator suspected here first). Earlier versions of this page removed each
   run's folder before the next and so charged that cleanup to the next measurement: they
   reported 1.5-2.1 ms per cold state against an atomic write of 0.41 ms. The scripts now
   keep every folder until the suite ends, and `run.py` waits for the disk to settle before
@@ -417,7 +418,9 @@ of 2,000 and 10,000, restore of 10,000, define of 4,000), before the changes bel
   after the first suite's clean-up and a test run). A probe that deletes nothing showed
   why: after about 17,000 small files were removed, creating a small file took 123-911 us
   for about 4.5 minutes, against 34-53 us before and after, while appending the same bytes
-  to an open file took 1.0-1.5 us throughout. In such a minute a cold fan of 2,000 spent
+  to an open file took 1.0-1.5 us throughout. The amount of data freed seems to matter more
+  than the number of files: removing 17,000 files of 3 KB caused no slow spell, removing
+  20,000 of 8 KiB plus 300 MiB caused one of about 25 s (678-811 us per file). In such a minute a cold fan of 2,000 spent
   0.456-0.465 ms per state in `put` alone (run 0.640-0.661 ms). `run.py` now waits before each
   script (at most 10 minutes) until creating a file costs at most 80 appends (quiet: 23-52;
   slow: 120-720), and each section says what the probe found. The lever that would make a
