@@ -332,6 +332,8 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
                 seed_everything(seed)
             state.initialize_state(**(spec.init_kwargs or {}))
         return state
+    if cls.__module__ == "__main__":
+        pickling.prefer_main_class(cls)  # a worker that did not run the script knows State from the task
     parent = records.load_pickle(spec.parent)
     _attach(parent, spec.sha, spec.meta)  # the recipe sees the child's identity (seed, tags)
     recipe = spec.recipe

@@ -127,9 +127,11 @@ class ExperimentState:
         This unpickles the stored state, which can run code: restore only
         experiments you trust. ``map_location`` places torch tensors, as in
         ``torch.load`` (by default, tensors saved on a GPU load on the CPU when
-        no GPU is present).
+        no GPU is present). A state already in memory is returned as it is, unless
+        ``map_location`` is given: then it is loaded again from the store onto that
+        location (what is stored wins over changes made in memory since).
         """
-        if self.is_loaded:
+        if self.is_loaded and map_location is None:
             return self
         full = self._tree().records.load_pickle(self.sha(), map_location=map_location)
         if type(full) is not type(self):

@@ -67,6 +67,41 @@ def refresh_reducers() -> None:
     """Read copyreg's reducers again before the next state is pickled (called at every run)."""
     global _DISPATCH
     _DISPATCH = None
+    _MAIN_PAYLOADS.clear()
+
+
+# ---- classes defined in the script being run (``__main__``) ------------------------------
+#
+# cloudpickle saves a class defined in ``__main__`` by value: a copy of it is rebuilt when the
+# state is loaded. A process that did not save the state (a second run of the script, another
+# copy of it running beside, a cluster worker) would then hold a *copy* of ``State`` that is
+# not the ``State`` its script defines: ``isinstance`` fails and the copy's methods are the
+# old ones. So such a class is saved as its qualified name *and* its by-value pickle; loading
+# takes the definition live in this process when there is one (``__main__``'s, or one that
+# arrived with a task: :func:`prefer_main_class`), and the stored copy only where none is.
+# That is how importable classes behave already: by name.
+
+_MAIN_PAYLOADS: dict[type, bytes] = {}
+_KNOWN_MAIN: dict[str, type] = {}
+
+
+def prefer_main_class(cls: type) -> None:
+    """Resolve stored ``__main__.<qualname>`` classes to ``cls`` in this process (e.g. on a cluster worker)."""
+    if cls.__module__ == "__main__":
+        _KNOWN_MAIN[cls.__qualname__] = cls
+
+
+def _main_class(qualname: str, payload: bytes) -> type:
+    """The live ``__main__`` class named ``qualname``, else the stored copy of it."""
+    obj: Any = sys.modules.get("__main__")
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and obj.__module__ == "__main__" and obj.__qualname__ == qualname:
+        return obj
+    known = _KNOWN_MAIN.get(qualname)
+    if known is not None:
+        return known
+    return cloudpickle.loads(payload)  # one copy per class and process: cloudpickle tracks it by id
 
 
 class _StatePickler(cloudpickle.Pickler):
@@ -125,9 +160,16 @@ class _StatePickler(cloudpickle.Pickler):
             # (importable) or by value (e.g. defined in __main__); remember "by reference".
             if obj in _BY_REFERENCE:
                 return NotImplemented
+            payload = _MAIN_PAYLOADS.get(obj) if cls is not types.FunctionType else None
+            if payload is not None:
+                return (_main_class, (obj.__qualname__, payload))
             reduced = super().reducer_override(obj)
-            if reduced is NotImplemented and len(_BY_REFERENCE) < 10_000:
-                _BY_REFERENCE.add(obj)
+            if reduced is NotImplemented:
+                if len(_BY_REFERENCE) < 10_000:
+                    _BY_REFERENCE.add(obj)
+            elif cls is not types.FunctionType and getattr(obj, "__module__", None) == "__main__":
+                payload = _MAIN_PAYLOADS[obj] = cloudpickle.dumps(obj, protocol=5)
+                return (_main_class, (obj.__qualname__, payload))
             return reduced
         return NotImplemented  # what cloudpickle answers for every other object
 
