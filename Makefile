@@ -25,7 +25,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 \
 		--cov=dagger --cov-report=term --cov-fail-under=90
 
-lint: $(STAMP)
+# The linters are pinned, so that a fresh clone checks with the same rules as CI and every developer.
+$(VENV)/.lint-installed: $(STAMP)
+	$(PY) -m pip install --quiet ruff==0.17.6 mypy==2.4.1
+	touch $@
+
+lint: $(VENV)/.lint-installed
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
