@@ -48,6 +48,26 @@ class ExperimentStatePromise:
         """The hash the state will have."""
         return self._sha
 
+    @property
+    def experiment_object(self) -> Experiment:
+        """The :class:`~dagger.Experiment` this promise belongs to (the reference implementation's name)."""
+        return self._experiment
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the root's PROPERTIES (``promise.seed``) are known
+        # before anything runs; everything else needs the computed state.
+        if not name.startswith("_"):
+            try:
+                props = object.__getattribute__(self, "properties")
+            except AttributeError:
+                props = {}
+            if name in props:
+                return props[name]
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r}: a promise is a state not computed yet and knows "
+            "only its hash, recipe, tags and the root's PROPERTIES. Call .get() for the computed state."
+        )
+
     def get(self, map_location: Any = None) -> ExperimentState:
         """Compute this state if it is not stored yet, and return it fully loaded."""
         self._experiment.run(targets=[self], progress=False)
