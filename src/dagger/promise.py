@@ -16,6 +16,8 @@ class ExperimentStatePromise:
     Its hash is known at once (from its parent's hash and its recipe), so
     defining a tree costs no computation. Apply recipes to it to grow the
     tree; call :meth:`get` to compute it (and whatever it needs) and load it.
+    The root's PROPERTIES read as attributes (``promise.seed``) where the name
+    is not one of the promise's own; ``promise.properties`` holds them all.
     """
 
     __slots__ = ("_experiment", "_sha", "parent", "recipe", "recipe_properties", "recipe_sha", "tags", "functions", "init_kwargs", "properties", "depth")
@@ -55,8 +57,10 @@ class ExperimentStatePromise:
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: the root's PROPERTIES (``promise.seed``) are known
-        # before anything runs; everything else needs the computed state.
-        if not name.startswith("_"):
+        # before anything runs; everything else needs the computed state. The promise's own
+        # attributes (parent, recipe, tags, properties, depth, ...) come first: a root property
+        # named like one of them is always at ``promise.properties[name]``.
+        if not name.startswith("__"):
             try:
                 props = object.__getattribute__(self, "properties")
             except AttributeError:

@@ -43,7 +43,7 @@ def check_names(owner: str, kind: str, names: list[str], reserved: frozenset[str
                 f"{owner}.{kind} lists {name!r}, which is not a Python identifier: attribute names must be "
                 "valid identifiers (letters, digits, underscores). Rename it."
             )
-        if name in reserved or name.startswith("_dg_") or (name.startswith("__") and name.endswith("__")):
+        if name in reserved or name.startswith("_dg_") or name in _PRIVATE or (name.startswith("__") and name.endswith("__")):
             raise DefinitionError(
                 f"{owner}.{kind} lists {name!r}, a name reserved by dagger's API "
                 f"({owner.rpartition('.')[2]}.{name} is {_what(name, reserved)}). Rename your attribute, "
@@ -52,7 +52,7 @@ def check_names(owner: str, kind: str, names: list[str], reserved: frozenset[str
 
 
 def _what(name: str, reserved: frozenset[str]) -> str:
-    if name.startswith("_dg_"):
+    if name.startswith("_dg_") or name in _PRIVATE:
         return "dagger's internal bookkeeping"
     if name.startswith("__"):
         return "a Python special name"
@@ -308,7 +308,7 @@ class ExperimentState:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}{hint}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in RESERVED_STATE_NAMES or name.startswith("_dg_"):
+        if name in RESERVED_STATE_NAMES or name.startswith("_dg_") or name in _PRIVATE:
             raise DefinitionError(
                 f"cannot set {type(self).__name__}.{name}: {name!r} is reserved by dagger's ExperimentState API "
                 "(see 'Reserved names' in docs/guide.md), so the value would be lost or break the state. "
@@ -333,3 +333,7 @@ class ExperimentState:
         tags = ", ".join(meta.get("tags", []))
         slim = "" if d.get("_dg_loaded") else " slim"
         return f"<{type(self).__name__} {sha[:10]} {recipe}{' [' + tags + ']' if tags else ''}{slim}>"
+
+
+# dagger's private helpers on states (``_meta``, ``_tree``): a user attribute of that name would hide them.
+_PRIVATE = frozenset(n for n in vars(ExperimentState) if n.startswith("_") and not n.startswith("__"))
