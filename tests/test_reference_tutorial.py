@@ -22,11 +22,12 @@ from functools import partial
 
 import numpy as np
 import torch
+import pytest
 import torch.nn.utils.prune as prune
 from torch import nn
 
 import dagger as dg
-from dagger.errors import DeflatedStateError
+from dagger.errors import DeflatedStateError, DefinitionError
 
 N_CLASSES = 4
 SIDE = 8
@@ -292,6 +293,97 @@ def test_reference_tutorial_as_a_script_with_main_classes(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "tutorial ok: classes from __main__"
     exp = dg.Experiment.restore(str(tmp_path / "example"))  # browse without the classes: slim JSON only
     assert len(exp.graph) == 5 and exp.graph.root.seed == 123
+
+
+# ---- the reference API, piece by piece -------------------------------------------------------
+
+
+class Counter(dg.ExperimentState):
+    PROPERTIES = ["seed"]
+
+    def initialize_state(self, **kwargs):
+        self.count = 0
+        self.seen_experiment = self.experiment_object
+
+
+class Add(dg.Recipe):
+    PROPERTIES = ["n"]
+
+    def run(self, state):
+        state.count += self.n
+        state.seen_experiment = state.experiment_object
+        return state
+
+
+def test_graph_is_none_until_the_folder_holds_an_experiment(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    assert exp.graph is None and exp.root is None and exp.experiment_arguments is None
+    root = exp.spawn_new_tree(seed=5)
+    assert exp.root is root and exp.experiment_arguments == {"seed": 5}
+    assert len(exp.graph) == 0  # the experiment exists, no state is stored yet
+    exp.run(progress=False)
+    assert exp.root.sha() == root.sha() and isinstance(exp.root, Counter)
+
+
+def test_to_promise_grows_the_stored_tree_from_any_state(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    first = Add(n=1)(exp.spawn_new_tree(seed=5))
+    exp.run(progress=False)
+
+    again = dg.Experiment.restore(exp_dir, state_class=Counter)
+    stored = again.graph.node(first.sha())
+    assert stored.parent_sha == again.graph.root.sha() == stored.root.sha()
+    grown = Add(n=10)(stored.to_promise())
+    assert grown.parent is stored.to_promise() and set(again.leaves) == {grown.sha()}
+    report = again.run(progress=False)
+    assert [s.sha for s in report.computed] == [grown.sha()], report.summary()
+    child = again.graph.node(grown.sha())
+    assert child.parent_sha == first.sha()
+    with child.lazy_load():
+        assert child.count == 11
+        assert child.seen_experiment is None  # a state inside run() is not attached to an Experiment
+    # the root taken from the store and spawn_new_tree with the same properties are one root
+    assert again.spawn_new_tree(seed=5) is again.graph.root.to_promise()
+
+
+def test_a_stored_state_that_must_be_recomputed_without_its_recipe_is_a_clear_error(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    first = Add(n=1)(exp.spawn_new_tree(seed=5))
+    exp.run(progress=False)
+    again = dg.Experiment.restore(exp_dir, state_class=Counter)
+    promise = again.graph.node(first.sha()).to_promise()
+    import shutil
+
+    shutil.rmtree(exp_dir)  # the stored state is gone: it would have to be computed again
+    fresh = dg.Experiment(exp_dir, state_class=Counter)
+    fresh._promises, fresh._root = {p.sha(): p for p in (promise, promise.parent)}, promise.parent
+    for p in fresh._promises.values():
+        p._experiment = fresh
+    with pytest.raises(DefinitionError, match=r"taken from the store .*to_promise"):
+        fresh.run(progress=False)
+
+
+def test_a_promise_says_what_it_cannot_know(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    child = Add(n=1)(exp.spawn_new_tree(seed=5))
+    assert child.seed == 5 and child.experiment_object is exp
+    with pytest.raises(AttributeError, match=r"not computed yet.*\.get\(\)"):
+        _ = child.count
+
+
+def test_nodes_iterator_deflates_even_when_the_loop_stops_early(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    Add(n=2)(Add(n=1)(exp.spawn_new_tree(seed=5)))
+    exp.run(progress=False)
+    graph = dg.Experiment.restore(exp_dir, state_class=Counter).graph
+    for state in graph.nodes.iterator:
+        assert state.count == 0 and not state.slim_loaded
+        break
+    assert all(n.slim_loaded for n in graph.nodes)
+    counts = [s.count for s in graph.nodes.iterator]
+    assert counts == [0, 1, 3]
+    assert graph.edge_map == {n.sha(): [c.sha() for c in n.children] for n in graph.nodes}
+    assert list(graph.node_map) == [n.sha() for n in graph.nodes]
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ class Experiment:
                 "this Experiment has no state_class: create it with Experiment(directory, state_class=State) "
                 "to define a tree"
             )
-        if self._root is not None:
+        if self._root is not None and self._root.init_kwargs is not None:  # (not one taken from the store)
             raise DefinitionError(
                 "this experiment already has a root (spawn_new_tree was called before). An experiment is one "
                 "tree: grow it from the promise the first call returned, or use another Experiment folder."
@@ -147,7 +147,7 @@ class Experiment:
             sha = hashing.root_hash(path, props, cls.VERSION)
         except UnhashableError as exc:
             raise hashing.name_path(exc, cls.__name__) from None
-        if self._root is not None and self._root._sha == sha and self._root.init_kwargs is None:
+        if self._root is not None and self._root._sha == sha:
             # The root was taken from the store (state.to_promise()): now it is defined in full.
             self._root.init_kwargs = kwargs
             self._root.properties = props
