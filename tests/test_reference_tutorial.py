@@ -21,13 +21,13 @@ import sys
 from functools import partial
 
 import numpy as np
-import torch
 import pytest
+import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 
 import dagger as dg
-from dagger.errors import DeflatedStateError, DefinitionError
+from dagger.errors import DefinitionError, DeflatedStateError
 
 N_CLASSES = 4
 SIDE = 8
@@ -209,7 +209,7 @@ def run_tutorial(directory: str) -> dict:
     assert root.experiment_object is exp and root.root is root
     assert root.path.startswith(exp.directory) and os.path.exists(root.path)
     try:
-        root.model
+        _ = root.model
     except DeflatedStateError as exc:
         assert "lazy_load" in str(exc)
     else:

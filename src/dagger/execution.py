@@ -326,8 +326,8 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     seed = int(spec.sha[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
     if spec.parent is None:
         state = cls.__new__(cls)
-        if type(state).__init__ is not ExperimentState.__init__:  # a user's own __init__ (reference style)
-            state.__init__(parent_sha=None, experiment_object=None)
+        if cls.__init__ is not ExperimentState.__init__:  # a user's own __init__ (reference style)
+            cls.__init__(state, parent_sha=None, experiment_object=None)
         state.__dict__.update(spec.properties)
         _attach(state, spec.sha, spec.meta)
         with _SEEDED if runtime.seed else nullcontext():

@@ -117,7 +117,7 @@ class Recipe:
 RESERVED_RECIPE_NAMES = frozenset({"run", "identity", "properties", "PROPERTIES", "VERSION", "SEED_GLOBAL_RNGS"})
 
 
-def seeds_global_rngs(cls: type) -> bool:
+def seeds_global_rngs(cls: type[Recipe]) -> bool:
     """Whether dagger seeds the global generators before ``cls.run`` (read from the class, never
     from an instance, so no recipe property can switch it)."""
     if "SEED" not in cls.PROPERTIES:  # the older spelling, where it is not the user's data
