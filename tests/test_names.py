@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import keyword
+import os
 import sys
 import tempfile
 
@@ -136,7 +137,7 @@ def test_reserved_set_is_exactly_the_public_api():
     public = {n for n in dir(dg.ExperimentState) if not n.startswith("_")}
     assert public == RESERVED_STATE_NAMES
     assert {n for n in dir(dg.Recipe) if not n.startswith("_")} == RESERVED_RECIPE_NAMES
-    guide = open("docs/guide.md", encoding="utf-8").read()
+    guide = open(os.path.join(os.path.dirname(__file__), "..", "docs", "guide.md"), encoding="utf-8").read()
     section = guide[guide.index("### Reserved names") :]
     for name in RESERVED_STATE_NAMES | RESERVED_RECIPE_NAMES:
         assert f"`{name}`" in section, f"{name} is reserved but not listed in docs/guide.md"
@@ -287,6 +288,19 @@ def test_bumping_the_state_version_gives_a_new_tree(tmp_path):
     finally:
         VersionedTwo.VERSION = 2
     assert c.sha() != b.sha()
+
+
+def test_a_bumped_state_version_in_the_old_folder_says_what_to_do(exp_dir):
+    exp = dg.Experiment(exp_dir, state_class=VersionedTwo)
+    exp.spawn_new_tree(width=1)
+    exp.run(progress=False)
+    VersionedTwo.VERSION = 3
+    try:
+        with pytest.raises(DefinitionError, match=r"VersionedTwo\.VERSION = 2; VERSION 3 gives the root a new hash"):
+            dg.Experiment(exp_dir, state_class=VersionedTwo).spawn_new_tree(width=1)
+    finally:
+        VersionedTwo.VERSION = 2
+    assert dg.Experiment(exp_dir, state_class=VersionedTwo).spawn_new_tree(width=1)  # back at 2: the stored tree
 
 
 def test_keywords_and_builtins_are_ordinary_names():

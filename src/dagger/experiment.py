@@ -153,6 +153,13 @@ class Experiment:
             self._root.properties = props
             return self._root
         if self.info is not None and self.info.get("root") not in (None, sha):
+            stored_version = self.info.get("state_version", 0)
+            if stored_version != jsonable(cls.VERSION) and self.info.get("root_properties") == jsonable(props):
+                raise DefinitionError(
+                    f"{self.directory} holds the tree of {cls.__name__}.VERSION = {stored_version!r}; VERSION "
+                    f"{cls.VERSION!r} gives the root a new hash, and a folder holds one tree. Use a new folder "
+                    f"for the new tree, or set VERSION back to {stored_version!r} to extend the stored one."
+                )
             raise DefinitionError(
                 f"{self.directory} already holds a tree whose root has other properties "
                 f"({self.info.get('root_properties')}); a folder holds one tree. Use a new folder for root "
@@ -164,6 +171,7 @@ class Experiment:
                 "state_class": path,
                 "root": sha,
                 "root_properties": jsonable(props),
+                "state_version": jsonable(cls.VERSION),
                 "blob_hash": self.records.blob_hash,
                 "created": time.time(),
                 "environment": environment.capture(self.packages),
