@@ -315,6 +315,37 @@ class Add(dg.Recipe):
         return state
 
 
+class KeepsExperiment(dg.Recipe):
+    """The notebook's pattern: the recipe keeps the experiment it was applied in."""
+
+    PROPERTIES = ["n", "seed"]
+
+    def __call__(self, experiment_state):
+        self.experiment_object = experiment_state.experiment_object
+        self.seed = self.experiment_object.root.seed
+        return super().__call__(experiment_state)
+
+    def run(self, state):
+        state.count += self.n + self.seed
+        state.worker_saw = self.experiment_object.directory
+        return state
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_a_recipe_holding_its_experiment_runs_under_any_scheduler(exp_dir, scheduler):
+    exp = dg.Experiment(exp_dir, state_class=Counter)
+    root = exp.spawn_new_tree(seed=5)
+    a, b = KeepsExperiment(n=1)(root), KeepsExperiment(n=2)(root)
+    exp.run(scheduler=scheduler, progress=False)
+    assert (a.get().count, b.get().count) == (6, 7)
+    assert a.get().worker_saw == exp.directory  # an Experiment travels as its folder, reopened
+    import pickle
+
+    reopened = pickle.loads(pickle.dumps(exp))
+    assert reopened is not exp and reopened.directory == exp.directory and reopened.state_class is Counter
+    assert len(reopened.graph) == 3
+
+
 def test_graph_is_none_until_the_folder_holds_an_experiment(exp_dir):
     exp = dg.Experiment(exp_dir, state_class=Counter)
     assert exp.graph is None and exp.root is None and exp.experiment_arguments is None

@@ -609,6 +609,17 @@ class Experiment:
     def __repr__(self) -> str:
         return f"Experiment({self.directory!r}, states defined={len(self._promises)})"
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # An Experiment travels as a reference to its folder, reopened where it is unpickled: a
+        # recipe that keeps ``experiment_object`` (the reference tutorial's pattern) then runs
+        # under "processes" and on a cluster. Promises defined here do not travel with it.
+        return (_reopen, (self.directory, self.state_class, self.storage_options))
+
+
+def _reopen(directory: str, state_class: type[ExperimentState] | None, storage_options: dict[str, Any]) -> Experiment:
+    """An unpickled Experiment: the same folder, opened again (see ``Experiment.__reduce__``)."""
+    return Experiment(directory, state_class=state_class, storage_options=storage_options or None)
+
 
 def _check_state_class(info: dict[str, Any], state_class: type, directory: str) -> None:
     recorded = str(info.get("state_class", ""))
