@@ -349,11 +349,12 @@ def test_a_recipe_holding_its_experiment_runs_under_any_scheduler(exp_dir, sched
 def test_graph_is_none_until_the_folder_holds_an_experiment(exp_dir):
     exp = dg.Experiment(exp_dir, state_class=Counter)
     assert exp.graph is None and exp.root is None and exp.experiment_arguments is None
-    root = exp.spawn_new_tree(seed=5)
-    assert exp.root is root and exp.experiment_arguments == {"seed": 5}
+    root = exp.spawn_new_tree(seed=5, extra="for initialize_state")
+    assert exp.root is root and exp.experiment_arguments == {"seed": 5, "extra": "for initialize_state"}
     assert len(exp.graph) == 0  # the experiment exists, no state is stored yet
     exp.run(progress=False)
     assert exp.root.sha() == root.sha() and isinstance(exp.root, Counter)
+    assert dg.Experiment.restore(exp_dir).experiment_arguments == {"seed": 5}  # stored: the PROPERTIES
 
 
 def test_to_promise_grows_the_stored_tree_from_any_state(exp_dir):

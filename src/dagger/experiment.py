@@ -245,9 +245,11 @@ class Experiment:
 
     @property
     def experiment_arguments(self) -> dict[str, Any] | None:
-        """The root's PROPERTIES values: as given to :meth:`spawn_new_tree`, or as stored (JSON form)."""
+        """What :meth:`spawn_new_tree` was given in this session (PROPERTIES and the other keyword
+        arguments for ``initialize_state``); for a restored experiment, the root's PROPERTIES as
+        stored (JSON form); None before any root."""
         if self._root is not None:
-            return dict(self._root.properties)
+            return dict(self._root.init_kwargs if self._root.init_kwargs is not None else self._root.properties)
         if self.info is not None:
             return dict(self.info.get("root_properties") or {})
         return None
