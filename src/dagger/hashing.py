@@ -3,9 +3,13 @@
 A state's hash is built from the hashes of its parts, never from ``str()`` of
 an object (DESIGN §2)::
 
-    root  = H(("dagger.root",   FORMAT_VERSION, state class path, root PROPERTIES))
+    root  = H(("dagger.root",   FORMAT_VERSION, state class path, root PROPERTIES[, state VERSION]))
     child = H(("dagger.state",  parent hash,    recipe hash))
     recipe= H(("dagger.recipe", recipe class path, recipe PROPERTIES, VERSION))
+
+(the state class's VERSION only when it is not 0, so that roots keep their hashes).
+A ``functools.partial`` is encoded as its function's import path, its positional
+arguments and its keyword arguments.
 
 Values are encoded by type dispatch (walking ``type(obj).__mro__``) into a
 stream of tagged, length-prefixed tokens fed straight into SHA-256, so large
