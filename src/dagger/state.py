@@ -43,20 +43,18 @@ def check_names(owner: str, kind: str, names: list[str], reserved: frozenset[str
                 f"{owner}.{kind} lists {name!r}, which is not a Python identifier: attribute names must be "
                 "valid identifiers (letters, digits, underscores). Rename it."
             )
-        if name in reserved or name.startswith("_dg_") or name in _PRIVATE or (name.startswith("__") and name.endswith("__")):
+        dunder = name.startswith("__") and name.endswith("__")
+        if name in reserved or name.startswith("_dg_") or dunder:
+            what = (
+                "a Python special name"
+                if dunder
+                else "dagger's internal bookkeeping" if name.startswith("_") else "part of dagger's API"
+            )
             raise DefinitionError(
                 f"{owner}.{kind} lists {name!r}, a name reserved by dagger's API "
-                f"({owner.rpartition('.')[2]}.{name} is {_what(name, reserved)}). Rename your attribute, "
+                f"({owner.rpartition('.')[2]}.{name} is {what}). Rename your attribute, "
                 f"e.g. {name.strip('_') or 'x'}_value; see 'Reserved names' in docs/guide.md."
             )
-
-
-def _what(name: str, reserved: frozenset[str]) -> str:
-    if name.startswith("_dg_") or name in _PRIVATE:
-        return "dagger's internal bookkeeping"
-    if name.startswith("__"):
-        return "a Python special name"
-    return "part of dagger's API"
 
 
 class ExperimentState:
@@ -104,7 +102,7 @@ class ExperimentState:
                     f"{cls.__qualname__}.{name} must be a list of attribute names, e.g. "
                     f'{name} = ["model_name"]; got {value!r}'
                 )
-            check_names(cls.__qualname__, name, list(value), RESERVED_STATE_NAMES)
+            check_names(cls.__qualname__, name, list(value), RESERVED_STATE_NAMES | _PRIVATE)
         both = set(cls.PROPERTIES) & set(cls.NONHASHED_ATTRIBUTES)
         if both:
             raise DefinitionError(
