@@ -422,3 +422,42 @@ def test_recipe_property_errors_name_the_property():
         TrainRecipe(nb_epochs=1, lr=Opaque(1)).identity()
     assert "'lr'" in str(info.value) and "Opaque" in str(info.value)
     assert info.value.path.startswith("TrainRecipe.lr")
+
+
+# ---- functools.partial (the reference tutorial's pruning schemas) ---------------------------
+
+# Pinned like the digests above: a partial hashes by its function's import path and its bound
+# arguments, so a schema of partials keyed by tuples has one identity in every process.
+PINNED_PARTIAL = "2bb2abcc889e944cd6d146852cd822183245d80c34d00c6dc62caece92c03080"
+PINNED_SCHEMA = "eafee0456f5a8fe2787ff8e8e8b489b39f7dd4da95ee6fed71eda9f252c6d2cc"
+
+
+def test_partials_hash_by_function_path_and_arguments():
+    import functools
+    import json
+
+    assert hashing.digest(functools.partial(json.dumps, indent=2)) == PINNED_PARTIAL
+    schema = {
+        ("conv1", "weight"): functools.partial(json.dumps, indent=2),
+        ("fc1", "weight"): functools.partial(json.dumps, 0.5, sort_keys=True),
+    }
+    assert hashing.digest(schema) == PINNED_SCHEMA
+    assert hashing.digest(dict(reversed(schema.items()))) == PINNED_SCHEMA  # dicts are order-free
+    # every part counts: the function, positional arguments, keyword names and values
+    variants = [
+        functools.partial(json.dumps, indent=3),
+        functools.partial(json.dumps, indent=2.0),
+        functools.partial(json.loads, indent=2),
+        functools.partial(json.dumps, 2),
+        functools.partial(json.dumps, separators=2),
+        json.dumps,
+    ]
+    digests = {hashing.digest(v) for v in variants}
+    assert len(digests) == len(variants) and PINNED_PARTIAL not in digests
+
+
+def test_partial_of_a_lambda_is_refused_with_its_path():
+    import functools
+
+    with pytest.raises(UnhashableError, match=r"\['x'\]\.func.*lambda"):
+        hashing.digest({"x": functools.partial(lambda m: m, 1)})

@@ -27,7 +27,7 @@ def draw_all(state):
     time.sleep(0.005)
     state.torch = torch.rand(3)
     state.gen = state.rng().random(3)
-    state.seed_seen = state.seed
+    state.seed_seen = state.dagger_seed
     return state
 
 
@@ -95,10 +95,10 @@ def test_same_draws_on_every_rerun_and_every_scheduler(tmp_path):
     exp = dg.Experiment.restore(str(tmp_path / "threads"))
     for sha, got in reference.items():
         node = exp.graph.node(sha).restore()
-        py, arr, tens = expected(node.seed)
-        assert node.seed_seen == node.seed == int(sha[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
+        py, arr, tens = expected(node.dagger_seed)
+        assert node.seed_seen == node.dagger_seed == int(sha[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
         assert got[:3] == (py, arr, tens)
-        assert got[3] == np.random.default_rng(node.seed).random(3).tolist()
+        assert got[3] == np.random.default_rng(node.dagger_seed).random(3).tolist()
 
 
 def test_different_branches_get_different_seeds(exp_dir):
@@ -106,7 +106,7 @@ def test_different_branches_get_different_seeds(exp_dir):
     exp.run()
     graph = dg.Experiment.restore(exp_dir).graph
     states = [graph.node(p.sha()).restore() for p in leaves]
-    assert len({s.seed for s in states}) == len(states)
+    assert len({s.dagger_seed for s in states}) == len(states)
     for source in range(4):
         values = {repr(draws(s)[source]) for s in states}
         assert len(values) == len(states), f"source {source} repeats across branches"
@@ -118,7 +118,7 @@ def test_root_initialization_is_seeded(tmp_path):
         exp, _ = build(str(tmp_path / f"e{i}"))
         exp.run()
         root = dg.Experiment.restore(str(tmp_path / f"e{i}")).graph.root.restore()
-        random.seed(root.seed)
+        random.seed(root.dagger_seed)
         assert root.init_draw == random.random()
         values.add(root.init_draw)
     assert len(values) == 1
@@ -138,9 +138,9 @@ def test_opt_out_per_recipe_leaves_the_generators_alone(exp_dir):
     got_free = graph.node(free.sha()).restore()
     got_seeded = graph.node(seeded.sha()).restore()
     assert draws(got_free)[:3] == want_free  # continued the test's streams: not reseeded
-    assert draws(got_seeded)[:3] == expected(got_seeded.seed)
+    assert draws(got_seeded)[:3] == expected(got_seeded.dagger_seed)
     # state.rng() stays derived from the state's hash either way
-    assert draws(got_free)[3] == np.random.default_rng(got_free.seed).random(3).tolist()
+    assert draws(got_free)[3] == np.random.default_rng(got_free.dagger_seed).random(3).tolist()
 
 
 def test_opt_out_per_experiment(exp_dir):

@@ -320,5 +320,5 @@ def test_seed_and_rng_follow_the_hash(exp_dir):
     exp = dg.Experiment(exp_dir, state_class=Box)
     root = exp.spawn_new_tree(name="box")
     s = root.get()
-    assert s.seed == int(root.sha()[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
-    assert s.rng().integers(1 << 30) == np.random.default_rng(s.seed).integers(1 << 30)
+    assert s.dagger_seed == int(root.sha()[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
+    assert s.rng().integers(1 << 30) == np.random.default_rng(s.dagger_seed).integers(1 << 30)

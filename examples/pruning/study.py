@@ -115,7 +115,7 @@ class State(dg.ExperimentState):
         n_eval = len(x) // 4
         self.eval_x, self.eval_y = x[order[:n_eval]], y[order[:n_eval]]
         self.train_x, self.train_y = x[order[n_eval:]], y[order[n_eval:]]
-        torch.manual_seed(self.seed)  # the initial weights follow from the root's hash
+        torch.manual_seed(self.dagger_seed)  # the initial weights follow from the root's hash
         self.model = make_mlp(self.width)
         # One optimizer for the whole lineage: it holds the model's parameters, and the
         # store keeps that link (and its momentum) from state to state.
@@ -132,7 +132,7 @@ class TrainRecipe(dg.Recipe):
         model, opt = state.model, state.optimizer
         for group in opt.param_groups:
             group["lr"] = self.lr
-        shuffle = torch.Generator().manual_seed(state.seed)
+        shuffle = torch.Generator().manual_seed(state.dagger_seed)
         n = len(state.train_x)
         model.train()
         for _ in range(self.nb_epochs):

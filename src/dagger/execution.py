@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagger.errors import DefinitionError, RecipeReturnError
+from dagger.recipe import seeds_global_rngs
 from dagger.state import ExperimentState
 from dagger.store import open_store, pickling
 from dagger.store._local import current_pid
@@ -325,6 +326,8 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     seed = int(spec.sha[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
     if spec.parent is None:
         state = cls.__new__(cls)
+        if cls.__init__ is not ExperimentState.__init__:  # a user's own __init__ (reference style)
+            cls.__init__(state, parent_sha=None, experiment_object=None)
         state.__dict__.update(spec.properties)
         _attach(state, spec.sha, spec.meta)
         with _SEEDED if runtime.seed else nullcontext():
@@ -337,7 +340,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     parent = records.load_pickle(spec.parent)
     _attach(parent, spec.sha, spec.meta)  # the recipe sees the child's identity (seed, tags)
     recipe = spec.recipe
-    seeded = runtime.seed and getattr(recipe, "SEED", True)
+    seeded = runtime.seed and seeds_global_rngs(type(recipe))
     with _SEEDED if seeded else nullcontext():
         if seeded:
             seed_everything(seed)

@@ -129,7 +129,7 @@ class Experiment:
                 "this Experiment has no state_class: create it with Experiment(directory, state_class=State) "
                 "to define a tree"
             )
-        if self._root is not None:
+        if self._root is not None and self._root.init_kwargs is not None:  # (not one taken from the store)
             raise DefinitionError(
                 "this experiment already has a root (spawn_new_tree was called before). An experiment is one "
                 "tree: grow it from the promise the first call returned, or use another Experiment folder."
@@ -144,10 +144,22 @@ class Experiment:
         props = {p: kwargs[p] for p in cls.PROPERTIES}
         path = hashing.object_path(cls)
         try:
-            sha = hashing.root_hash(path, props)
+            sha = hashing.root_hash(path, props, cls.VERSION)
         except UnhashableError as exc:
             raise hashing.name_path(exc, cls.__name__) from None
+        if self._root is not None and self._root._sha == sha:
+            # The root was taken from the store (state.to_promise()): now it is defined in full.
+            self._root.init_kwargs = kwargs
+            self._root.properties = props
+            return self._root
         if self.info is not None and self.info.get("root") not in (None, sha):
+            stored_version = self.info.get("state_version", 0)
+            if stored_version != jsonable(cls.VERSION) and self.info.get("root_properties") == jsonable(props):
+                raise DefinitionError(
+                    f"{self.directory} holds the tree of {cls.__name__}.VERSION = {stored_version!r}; VERSION "
+                    f"{cls.VERSION!r} gives the root a new hash, and a folder holds one tree. Use a new folder "
+                    f"for the new tree, or set VERSION back to {stored_version!r} to extend the stored one."
+                )
             raise DefinitionError(
                 f"{self.directory} already holds a tree whose root has other properties "
                 f"({self.info.get('root_properties')}); a folder holds one tree. Use a new folder for root "
@@ -159,6 +171,7 @@ class Experiment:
                 "state_class": path,
                 "root": sha,
                 "root_properties": jsonable(props),
+                "state_version": jsonable(cls.VERSION),
                 "blob_hash": self.records.blob_hash,
                 "created": time.time(),
                 "environment": environment.capture(self.packages),
@@ -182,6 +195,64 @@ class Experiment:
         promise = ExperimentStatePromise(self, sha, parent, recipe, props, recipe_sha, list(self._tags))
         self._promises[sha] = promise
         return promise
+
+    def _promise_of(self, sha: str) -> ExperimentStatePromise:
+        """A promise for a stored state (and its stored ancestors), to grow the tree from it."""
+        existing = self._promises.get(sha)
+        if existing is not None:
+            return existing
+        graph = self.graph
+        if graph is None:
+            raise DefinitionError(f"{self.directory} holds no experiment yet: nothing to grow from {sha[:12]}")
+        meta = graph.node(sha)._meta()
+        parent_sha = meta.get("parent")
+        parent = None if parent_sha is None else self._promise_of(parent_sha)
+        recipe = meta.get("recipe") or {}
+        if parent is None:
+            if self._root is not None:
+                raise DefinitionError(
+                    f"state {sha[:12]} is a root, but this experiment already defines root {self._root._sha[:12]}"
+                )
+            props = dict(meta.get("properties") or {})
+            promise = ExperimentStatePromise(self, sha, None, None, None, None, list(meta.get("tags") or []), None, props)
+            self._root = promise
+        else:
+            promise = ExperimentStatePromise(
+                self, sha, parent, None, dict(recipe.get("properties") or {}), recipe.get("sha"),
+                list(meta.get("tags") or []),
+            )  # fmt: skip
+        self._promises[sha] = promise
+        return promise
+
+    @property
+    def root(self) -> Any:
+        """The root: the stored root state (slim) once the store holds it, else the root promise
+        defined with :meth:`spawn_new_tree`, else None."""
+        graph = self.graph
+        if graph is not None and graph.root is not None:
+            return graph.root
+        return self._root
+
+    @property
+    def leaves(self) -> dict[str, ExperimentStatePromise]:
+        """The states defined in this session that no other defined state grows from, by hash.
+
+        Empty before anything is defined (the reference implementation's ``exp.leaves``);
+        for the stored tree's leaves, see ``exp.graph.leaves()``.
+        """
+        parents = {p.parent._sha for p in self._promises.values() if p.parent is not None}
+        return {sha: p for sha, p in self._promises.items() if sha not in parents}
+
+    @property
+    def experiment_arguments(self) -> dict[str, Any] | None:
+        """What :meth:`spawn_new_tree` was given in this session (PROPERTIES and the other keyword
+        arguments for ``initialize_state``); for a restored experiment, the root's PROPERTIES as
+        stored (JSON form); None before any root."""
+        if self._root is not None:
+            return dict(self._root.init_kwargs if self._root.init_kwargs is not None else self._root.properties)
+        if self.info is not None:
+            return dict(self.info.get("root_properties") or {})
+        return None
 
     def _add_function(self, promise: ExperimentStatePromise, fn: Function) -> None:
         if all(f is not fn for f in promise.functions):
@@ -282,6 +353,11 @@ class Experiment:
                         tag_updates.append(updated)
                         updated["tags"] = list(promise.tags)
                     continue
+                if plan[sha] == "compute" and promise.parent is not None and promise.recipe is None:
+                    raise DefinitionError(
+                        f"state {sha[:12]} was taken from the store (state.to_promise()) but must be computed again "
+                        "and its recipe object is not known here: define it with its recipe instead"
+                    )
                 meta: dict[str, Any] | None = stored.get(sha) if known else None
                 spec = self._spec(promise, compute=plan[sha] == "compute", stored_meta=meta)
                 if spec.compute:
@@ -474,12 +550,21 @@ class Experiment:
 
     @property
     def graph(self) -> Any:
-        """The stored tree as a :class:`~dagger.graph.StaticExperimentTree` (slim states)."""
+        """The stored tree as a :class:`~dagger.graph.StaticExperimentTree` (slim states).
+
+        None while the store holds no experiment at all (before the first
+        :meth:`spawn_new_tree`), as in the reference implementation.
+        """
         if self._graph is None:
+            if self.info is None:
+                self.info = self.records.read_experiment()
+                if self.info is None:
+                    return None
             from dagger.graph import StaticExperimentTree
 
             index = self.records.load_index(on_corrupt=self._warn_corrupt)
             self._graph = StaticExperimentTree(index, self.records, self.state_class, self.info)
+            self._graph.experiment = self
         return self._graph
 
     @classmethod
@@ -525,6 +610,17 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment({self.directory!r}, states defined={len(self._promises)})"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # An Experiment travels as a reference to its folder, reopened where it is unpickled: a
+        # recipe that keeps ``experiment_object`` (the reference tutorial's pattern) then runs
+        # under "processes" and on a cluster. Promises defined here do not travel with it.
+        return (_reopen, (self.directory, self.state_class, self.storage_options))
+
+
+def _reopen(directory: str, state_class: type[ExperimentState] | None, storage_options: dict[str, Any]) -> Experiment:
+    """An unpickled Experiment: the same folder, opened again (see ``Experiment.__reduce__``)."""
+    return Experiment(directory, state_class=state_class, storage_options=storage_options or None)
 
 
 def _check_state_class(info: dict[str, Any], state_class: type, directory: str) -> None:

@@ -115,6 +115,17 @@ class NodeSet(Sequence[ExperimentState]):
         nodes = self._nodes
         return NodeSet._distinct([nodes[i] for i in sorted(chosen or ())])
 
+    @property
+    def iterator(self) -> Iterator[ExperimentState]:
+        """Each state in turn, fully loaded while the loop body runs and deflated after.
+
+        ``for state in exp.graph.nodes.iterator: ...`` (the reference implementation's
+        name) keeps one full state in memory at a time; see ``ExperimentState.lazy_load``.
+        """
+        for node in self._nodes:
+            with node.lazy_load():
+                yield node
+
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per state: hash, recipe, its properties along the lineage, tags, results."""
         return [state_row(n) for n in self._nodes]
@@ -202,6 +213,8 @@ class StaticExperimentTree:
 
         self.records = records
         self.info = info or {}
+        #: The Experiment this tree was read by (set by ``Experiment.graph``), for ``state.experiment_object``.
+        self.experiment: Any = None
         self.state_class = state_class
         # Each slim node's full metadata is decoded from the index on first use (see _meta_of).
         index = metas if isinstance(metas, SlimIndex) else SlimIndex.of(metas, records)
@@ -317,6 +330,16 @@ class StaticExperimentTree:
             listed = ", ".join(m[:12] for m in matches[:5])
             raise InvalidHashError(f"hash prefix {text!r} is ambiguous: it matches {listed}; give more digits")
         return matches[0]
+
+    @property
+    def node_map(self) -> dict[str, ExperimentState]:
+        """Every state by its hash, in tree order (the reference implementation's name)."""
+        return dict(self._nodes)
+
+    @property
+    def edge_map(self) -> dict[str, list[str]]:
+        """Each state's hash and the hashes of its children (empty for a leaf), in tree order."""
+        return {sha: list(self._children.get(sha, ())) for sha in self._nodes}
 
     def children_of(self, sha: str) -> list[ExperimentState]:
         return [self._nodes[c] for c in self._children.get(sha, [])]

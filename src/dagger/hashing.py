@@ -3,9 +3,13 @@
 A state's hash is built from the hashes of its parts, never from ``str()`` of
 an object (DESIGN §2)::
 
-    root  = H(("dagger.root",   FORMAT_VERSION, state class path, root PROPERTIES))
+    root  = H(("dagger.root",   FORMAT_VERSION, state class path, root PROPERTIES[, state VERSION]))
     child = H(("dagger.state",  parent hash,    recipe hash))
     recipe= H(("dagger.recipe", recipe class path, recipe PROPERTIES, VERSION))
+
+(the state class's VERSION only when it is not 0, so that roots keep their hashes).
+A ``functools.partial`` is encoded as its function's import path, its positional
+arguments and its keyword arguments.
 
 Values are encoded by type dispatch (walking ``type(obj).__mro__``) into a
 stream of tagged, length-prefixed tokens fed straight into SHA-256, so large
@@ -35,6 +39,7 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import hashlib
 import pathlib
 import struct
@@ -107,11 +112,20 @@ def digest(value: Any) -> str:
     return h.hexdigest()
 
 
-def root_hash(state_class_path: str, properties: dict[str, Any]) -> str:
-    """Hash of a root state: format version, state class and root PROPERTIES."""
+def root_hash(state_class_path: str, properties: dict[str, Any], version: Any = 0) -> str:
+    """Hash of a root state: format version, state class, root PROPERTIES and the class's VERSION.
+
+    The VERSION is part of the hashed tuple only when it is not 0 (the default), so that
+    the roots of classes that never set it keep the hashes they always had.
+    """
+    parts: tuple[Any, ...] = ("dagger.root", FORMAT_VERSION, state_class_path, properties)
+    if not (type(version) is int and version == 0):
+        parts += (version,)
     try:
-        return digest(("dagger.root", FORMAT_VERSION, state_class_path, properties))
+        return digest(parts)
     except UnhashableError as exc:
+        if exc.path.startswith("[4]"):
+            exc.path = "VERSION" + exc.path.removeprefix("[4]")
         exc.path = exc.path.removeprefix("[3]")
         raise
 
@@ -391,6 +405,24 @@ def _enc_function(h: Any, obj: Any, w: _Walk) -> None:
         h.update(b"m")
         w.feed(obj.__self__)
     _tok(h, b"f", path.encode())
+
+
+@_register(functools.partial)
+def _enc_partial(h: Any, obj: functools.partial[Any], w: _Walk) -> None:
+    # A partial is its function (by import path) and the arguments it binds, keywords order-free.
+    h.update(b"p")
+    try:
+        w.feed(obj.func)
+    except UnhashableError as exc:
+        raise _at(exc, ".func") from None
+    try:
+        w.feed(tuple(obj.args))
+    except UnhashableError as exc:
+        raise _at(exc, ".args") from None
+    try:
+        w.feed(dict(obj.keywords))
+    except UnhashableError as exc:
+        raise _at(exc, ".keywords") from None
 
 
 @_register(enum.Enum)

@@ -16,6 +16,8 @@ class ExperimentStatePromise:
     Its hash is known at once (from its parent's hash and its recipe), so
     defining a tree costs no computation. Apply recipes to it to grow the
     tree; call :meth:`get` to compute it (and whatever it needs) and load it.
+    The root's PROPERTIES read as attributes (``promise.seed``) where the name
+    is not one of the promise's own; ``promise.properties`` holds them all.
     """
 
     __slots__ = ("_experiment", "_sha", "parent", "recipe", "recipe_properties", "recipe_sha", "tags", "functions", "init_kwargs", "properties", "depth")
@@ -47,6 +49,28 @@ class ExperimentStatePromise:
     def sha(self) -> str:
         """The hash the state will have."""
         return self._sha
+
+    @property
+    def experiment_object(self) -> Experiment:
+        """The :class:`~dagger.Experiment` this promise belongs to (the reference implementation's name)."""
+        return self._experiment
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the root's PROPERTIES (``promise.seed``) are known
+        # before anything runs; everything else needs the computed state. The promise's own
+        # attributes (parent, recipe, tags, properties, depth, ...) come first: a root property
+        # named like one of them is always at ``promise.properties[name]``.
+        if not name.startswith("__"):
+            try:
+                props = object.__getattribute__(self, "properties")
+            except AttributeError:
+                props = {}
+            if name in props:
+                return props[name]
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r}: a promise is a state not computed yet and knows "
+            "only its hash, recipe, tags and the root's PROPERTIES. Call .get() for the computed state."
+        )
 
     def get(self, map_location: Any = None) -> ExperimentState:
         """Compute this state if it is not stored yet, and return it fully loaded."""

@@ -37,16 +37,29 @@ class Recipe:
     PROPERTIES: ClassVar[list[str]] = []
     VERSION: ClassVar[Any] = 0
     #: Seed Python's, numpy's and torch's global generators from the state's hash before ``run``.
-    SEED: ClassVar[bool] = True
+    #: A class setting; an older spelling, a class attribute ``SEED = False``, is still honoured
+    #: unless ``SEED`` is one of the recipe's PROPERTIES (then it is the user's data).
+    SEED_GLOBAL_RNGS: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        from dagger.state import check_names
+
         props = cls.PROPERTIES
         if isinstance(props, str) or not all(isinstance(p, str) for p in props):
             raise DefinitionError(
                 f"{cls.__qualname__}.PROPERTIES must be a list of attribute names, e.g. "
                 f'PROPERTIES = ["lr"]; got {props!r}'
             )
+        check_names(cls.__qualname__, "PROPERTIES", list(props), RESERVED_RECIPE_NAMES)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in RESERVED_RECIPE_NAMES:
+            raise DefinitionError(
+                f"cannot set {type(self).__name__}.{name}: {name!r} is reserved by dagger's Recipe API "
+                "(see 'Reserved names' in docs/guide.md). Store it under another name."
+            )
+        object.__setattr__(self, name, value)
 
     def __init__(self, **properties: Any) -> None:
         unknown = sorted(set(properties) - set(self.PROPERTIES))
@@ -98,6 +111,22 @@ class Recipe:
     def __repr__(self) -> str:
         props = ", ".join(f"{p}={getattr(self, p, '?')!r}" for p in self.PROPERTIES)
         return f"{type(self).__name__}({props})"
+
+
+#: Attribute names that belong to the Recipe API; every other name can be a recipe PROPERTY.
+RESERVED_RECIPE_NAMES = frozenset({"run", "identity", "properties", "PROPERTIES", "VERSION", "SEED_GLOBAL_RNGS"})
+
+
+def seeds_global_rngs(cls: type[Recipe]) -> bool:
+    """Whether dagger seeds the global generators before ``cls.run`` (read from the class, never
+    from an instance, so no recipe property can switch it)."""
+    if "SEED" not in cls.PROPERTIES:  # the older spelling, where it is not the user's data
+        for klass in cls.__mro__:
+            if "SEED_GLOBAL_RNGS" in vars(klass):
+                break
+            if "SEED" in vars(klass):
+                return bool(vars(klass)["SEED"])
+    return bool(cls.SEED_GLOBAL_RNGS)
 
 
 class Function:

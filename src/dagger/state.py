@@ -15,6 +15,47 @@ if TYPE_CHECKING:
 # Bookkeeping that lives on a state but is never pickled with it.
 _INTERNAL = ("_dg_sha", "_dg_meta", "_dg_tree", "_dg_loaded")
 
+#: Attribute names that belong to the ExperimentState API (the paper's and the reference
+#: implementation's), so a state class may not use them for its own data. Every other name is
+#: the user's: dagger keeps its bookkeeping under ``_dg_*`` and never replaces a user attribute.
+RESERVED_STATE_NAMES = frozenset(
+    {
+        # the paper's API
+        "sha", "tags", "parent", "children", "restore", "deflate", "lazy_load", "initialize_state",
+        # dagger's analysis API
+        "metadata", "results", "recipe", "lineage", "is_loaded", "rng", "dagger_seed",
+        # the reference implementation's names (see docs/migrating.md)
+        "experiment_object", "parent_sha", "root", "path", "to_promise", "slim_loaded",
+        # class-level declarations
+        "PROPERTIES", "NONHASHED_ATTRIBUTES", "VERSION",
+    }
+)  # fmt: skip
+
+
+def check_names(owner: str, kind: str, names: list[str], reserved: frozenset[str]) -> None:
+    """Refuse attribute names that would clash with dagger's API or its bookkeeping.
+
+    ``owner`` and ``kind`` name the class and the list (``"State.PROPERTIES"``) in the error.
+    """
+    for name in names:
+        if not name.isidentifier():
+            raise DefinitionError(
+                f"{owner}.{kind} lists {name!r}, which is not a Python identifier: attribute names must be "
+                "valid identifiers (letters, digits, underscores). Rename it."
+            )
+        dunder = name.startswith("__") and name.endswith("__")
+        if name in reserved or name.startswith("_dg_") or dunder:
+            what = (
+                "a Python special name"
+                if dunder
+                else "dagger's internal bookkeeping" if name.startswith("_") else "part of dagger's API"
+            )
+            raise DefinitionError(
+                f"{owner}.{kind} lists {name!r}, a name reserved by dagger's API "
+                f"({owner.rpartition('.')[2]}.{name} is {what}). Rename your attribute, "
+                f"e.g. {name.strip('_') or 'x'}_value; see 'Reserved names' in docs/guide.md."
+            )
+
 
 class ExperimentState:
     """A state of the experiment: a model and its context at one point of the tree.
@@ -36,6 +77,21 @@ class ExperimentState:
 
     PROPERTIES: ClassVar[list[str]] = []
     NONHASHED_ATTRIBUTES: ClassVar[list[str]] = []
+    #: Bump to give every state of the class new hashes (a fresh tree) after changing what
+    #: ``initialize_state`` builds. Part of the root's identity only when it is not 0, so
+    #: existing trees keep their hashes.
+    VERSION: ClassVar[Any] = 0
+
+    def __init__(self, parent_sha: str | None = None, experiment_object: Any = None) -> None:
+        """Nothing to set up: dagger builds states itself.
+
+        The signature is the reference implementation's, so that a subclass with its own
+        ``__init__`` can call ``super().__init__(parent_sha, experiment_object)``. dagger calls
+        a subclass's ``__init__`` (with both as keywords) before it sets the root's PROPERTIES
+        and calls ``initialize_state``. Both arguments are accepted for compatibility only:
+        the parent and the experiment are known from the tree (``parent_sha``,
+        ``experiment_object``).
+        """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -46,11 +102,12 @@ class ExperimentState:
                     f"{cls.__qualname__}.{name} must be a list of attribute names, e.g. "
                     f'{name} = ["model_name"]; got {value!r}'
                 )
-        clash = (set(cls.PROPERTIES) & set(cls.NONHASHED_ATTRIBUTES)) | (set(cls.PROPERTIES) & {"tags", "seed"})
-        if clash:
+            check_names(cls.__qualname__, name, list(value), RESERVED_STATE_NAMES | _PRIVATE)
+        both = set(cls.PROPERTIES) & set(cls.NONHASHED_ATTRIBUTES)
+        if both:
             raise DefinitionError(
-                f"{cls.__qualname__}: {sorted(clash)} cannot be PROPERTIES (either reserved by dagger, "
-                "or listed in NONHASHED_ATTRIBUTES too). Rename or list each name once."
+                f"{cls.__qualname__}: {sorted(both)} listed both in PROPERTIES and in NONHASHED_ATTRIBUTES; "
+                "a name is either part of the root's identity or not. List each name once."
             )
 
     def initialize_state(self, **kwargs: Any) -> None:
@@ -83,15 +140,19 @@ class ExperimentState:
         return self._meta().get("recipe")
 
     @property
-    def seed(self) -> int:
-        """The integer seed dagger derives from this state's hash (see the user guide)."""
+    def dagger_seed(self) -> int:
+        """The integer seed dagger derives from this state's hash (see the user guide).
+
+        It is what seeds the global generators before ``run``. (It was ``state.seed`` before
+        ``seed`` was given back to users as an ordinary attribute name.)
+        """
         return int(self.sha()[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
 
     def rng(self) -> Any:
-        """A numpy Generator seeded from this state's hash."""
+        """A numpy Generator seeded from this state's hash (:attr:`dagger_seed`)."""
         import numpy as np
 
-        return np.random.default_rng(self.seed)
+        return np.random.default_rng(self.dagger_seed)
 
     @property
     def parent(self) -> ExperimentState | None:
@@ -115,6 +176,56 @@ class ExperimentState:
             path.append(node)
             node = node.parent
         return path[::-1]
+
+    @property
+    def parent_sha(self) -> str | None:
+        """The parent's hash, or None for the root (the reference implementation's name)."""
+        return self._meta().get("parent")
+
+    @property
+    def experiment_object(self) -> Any:
+        """The :class:`~dagger.Experiment` this state was browsed from, or None.
+
+        States in ``exp.graph`` know their experiment; a state inside a recipe's ``run``
+        (computed in a Dask task, maybe in another process) does not, and gets None.
+        """
+        tree = self.__dict__.get("_dg_tree")
+        return None if tree is None else getattr(tree, "experiment", None)
+
+    @property
+    def root(self) -> ExperimentState | None:
+        """The root state of this state's tree (slim), or None outside a tree."""
+        tree = self.__dict__.get("_dg_tree")
+        return None if tree is None else tree.root
+
+    @property
+    def path(self) -> str:
+        """Where this state's commit record is stored (its pickle is inside it or under ``states/``)."""
+        from dagger.store.records import FIRST_REV, meta_key
+
+        tree = self._tree()
+        return f"{tree.records.store.url.rstrip('/')}/{meta_key(self.sha(), self._meta().get('rev') or FIRST_REV)}"
+
+    def to_promise(self) -> Any:
+        """This stored state as an :class:`~dagger.ExperimentStatePromise` of its experiment.
+
+        Apply recipes to the promise to grow the stored tree from this state, then run::
+
+            child = TrainRecipe(nb_epochs=1)(exp.graph.root.to_promise())
+            exp.run()
+        """
+        exp = self.experiment_object
+        if exp is None:
+            raise DefinitionError(
+                f"state {self.sha()[:12]} is not attached to an Experiment: take it from exp.graph "
+                "(Experiment.restore(directory).graph) to grow the tree from it"
+            )
+        return exp._promise_of(self.sha())
+
+    @property
+    def slim_loaded(self) -> bool:
+        """Whether only the slim state (properties and metadata) is in memory: ``not is_loaded``."""
+        return not self.is_loaded
 
     @property
     def is_loaded(self) -> bool:
@@ -141,7 +252,10 @@ class ExperimentState:
         return self
 
     def deflate(self) -> ExperimentState:
-        """Drop everything but PROPERTIES and metadata from memory; :meth:`restore` brings it back."""
+        """Drop everything but PROPERTIES and metadata from memory; :meth:`restore` brings it back.
+
+        Returns the state itself (truthy, like the reference implementation's ``True``).
+        """
         keep = set(self.PROPERTIES) | set(_INTERNAL)
         for name in [k for k in self.__dict__ if k not in keep]:
             del self.__dict__[name]
@@ -190,7 +304,17 @@ class ExperimentState:
                 f"{name!r} is not in memory: state {d['_dg_sha'][:12]} is slim (deflated). "
                 "Call state.restore() first, or use `with state.lazy_load():`."
             )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        hint = " (dagger's hash-derived seed is state.dagger_seed)" if name == "seed" else ""
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}{hint}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in RESERVED_STATE_NAMES or name.startswith("_dg_") or name in _PRIVATE:
+            raise DefinitionError(
+                f"cannot set {type(self).__name__}.{name}: {name!r} is reserved by dagger's ExperimentState API "
+                "(see 'Reserved names' in docs/guide.md), so the value would be lost or break the state. "
+                "Store it under another name."
+            )
+        object.__setattr__(self, name, value)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: wrap_large_bytes(v) for k, v in self.__dict__.items() if k not in _INTERNAL}
@@ -209,3 +333,7 @@ class ExperimentState:
         tags = ", ".join(meta.get("tags", []))
         slim = "" if d.get("_dg_loaded") else " slim"
         return f"<{type(self).__name__} {sha[:10]} {recipe}{' [' + tags + ']' if tags else ''}{slim}>"
+
+
+# dagger's private helpers on states (``_meta``, ``_tree``): a user attribute of that name would hide them.
+_PRIVATE = frozenset(n for n in vars(ExperimentState) if n.startswith("_") and not n.startswith("__"))

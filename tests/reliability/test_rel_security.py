@@ -79,7 +79,7 @@ def test_browsing_never_unpickles(planted, tmp_path):
         assert len(graph) == len(shas)
         for node in graph:
             _ = (node.tags, node.metadata, node.results, node.recipe, node.parent, node.children, node.lineage())
-            _ = (node.sha(), node.seed, node.is_loaded, repr(node), node.size)
+            _ = (node.sha(), node.dagger_seed, node.is_loaded, repr(node), node.size)
             with pytest.raises(dg.DeflatedStateError):
                 node.weights  # noqa: B018 - slim states refuse, they never load
         both = graph.nodes.filter("branch:*") & graph.nodes.filter("!branch:1")
