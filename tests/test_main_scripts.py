@@ -26,11 +26,11 @@ SCRIPT = textwrap.dedent(
 
 
     class State(dg.ExperimentState):
-        PROPERTIES = ["dataset_name", "offset"]
+        PROPERTIES = ["dataset_name", "seed"]
         NONHASHED_ATTRIBUTES = ["weights"]
 
         def initialize_state(self, **kwargs):
-            self.weights = np.arange(8, dtype=np.float64) + self.offset
+            self.weights = np.arange(8, dtype=np.float64) + self.seed
 
 
     class Scale(dg.Recipe):
@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
 
     def main(directory, scheduler, factors):
         exp = dg.Experiment(directory, state_class=State)
-        root = exp.spawn_new_tree(dataset_name="toy", offset=3)
+        root = exp.spawn_new_tree(dataset_name="toy", seed=3)
         for factor in factors:
             with exp.tag(f"factor:{factor}"):
                 child = Scale(factor=factor)(root)
