@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,9 +186,63 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-# Python's, numpy's and torch's global generators are process-wide: seeded code runs one
-# task at a time per process, or threads would draw from each other's streams.
-_SEEDED = threading.RLock()
+class _GlobalRandomGuard:
+    """Keeps code that uses the process's global random generators out of a seeded run's way.
+
+    Python's, numpy's and torch's global generators are process-wide. A seeded run (a root's
+    ``initialize_state``, a recipe with ``SEED`` on) holds them alone: it waits for every other
+    recipe and Function of this process to finish, and they wait for it, or a thread would draw
+    from its stream and change its numbers. Unseeded recipes and Functions only shut seeded runs
+    out; they run beside each other. Re-entrant, for a run that starts another run in its thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None  # the thread holding the seeded (exclusive) side
+        self._depth = 0
+        self._shared = 0
+        self._waiting = 0  # seeded runs waiting: new unseeded ones queue behind them
+
+    @contextmanager
+    def seeded(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me:
+                self._waiting += 1
+                while self._owner is not None or self._shared:
+                    self._cond.wait()
+                self._waiting -= 1
+                self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+                    self._cond.notify_all()
+
+    @contextmanager
+    def unseeded(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:  # inside this thread's own seeded run
+            yield
+            return
+        with self._cond:
+            while self._owner is not None or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+
+_RANDOM_GUARD = _GlobalRandomGuard()
 
 #: Why a state is computed rather than served from the store.
 NEVER_STORED = "never stored"
@@ -252,7 +307,9 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             errors = {}
             for fn in spec.functions:
                 try:
-                    results[fn.name] = jsonable(fn.fn(state))
+                    with _RANDOM_GUARD.unseeded() if runtime.seed else nullcontext():
+                        value = fn.fn(state)
+                    results[fn.name] = jsonable(value)
                 except Exception as exc:  # noqa: BLE001 - reported, never raised
                     errors[fn.name] = f"{type(exc).__name__}: {exc}"
                     results.pop(fn.name, None)  # never show a stale result beside a failure
@@ -327,7 +384,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
         state = cls.__new__(cls)
         state.__dict__.update(spec.properties)
         _attach(state, spec.sha, spec.meta)
-        with _SEEDED if runtime.seed else nullcontext():
+        with _RANDOM_GUARD.seeded() if runtime.seed else nullcontext():
             if runtime.seed:
                 seed_everything(seed)
             state.initialize_state(**(spec.init_kwargs or {}))
@@ -336,7 +393,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     _attach(parent, spec.sha, spec.meta)  # the recipe sees the child's identity (seed, tags)
     recipe = spec.recipe
     seeded = runtime.seed and getattr(recipe, "SEED", True)
-    with _SEEDED if seeded else nullcontext():
+    with _RANDOM_GUARD.seeded() if seeded else _RANDOM_GUARD.unseeded() if runtime.seed else nullcontext():
         if seeded:
             seed_everything(seed)
         child: Any = recipe.run(parent)
