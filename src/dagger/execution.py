@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -21,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagger.errors import DefinitionError, RecipeReturnError
+from dagger.errors import DefinitionError, RecipeReturnError, ResultNotStorableError
 from dagger.state import ExperimentState
 from dagger.store import open_store, pickling
 from dagger.store._local import current_pid
@@ -309,7 +310,7 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
                 try:
                     with _RANDOM_GUARD.unseeded() if runtime.seed else nullcontext():
                         value = fn.fn(state)
-                    results[fn.name] = jsonable(value)
+                    results[fn.name] = result_json(fn.name, value)
                 except Exception as exc:  # noqa: BLE001 - reported, never raised
                     errors[fn.name] = f"{type(exc).__name__}: {exc}"
                     results.pop(fn.name, None)  # never show a stale result beside a failure
@@ -412,30 +413,100 @@ def _short(value: Any) -> str:
     return text if len(text) < 60 else text[:57] + "..."
 
 
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-friendly version of a Function's result (numbers, strings, lists, dicts)."""
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+
+
+def result_json(name: str, value: Any) -> Any:
+    """The JSON form of what Function ``name`` returned, stable from run to run, or a clear error.
+
+    Raises :class:`ResultNotStorableError` (recorded as that Function's failure; the state is
+    saved all the same) when the value has no faithful JSON form: dict keys that become one
+    string (``1`` and ``"1"``; JSON keys are strings, so other keys are stored as ``str(key)``),
+    an object whose only form is a ``repr`` holding a memory address, or an int too long for JSON.
+    """
+    try:
+        out = jsonable(value, strict=True)
+        encode_json(out)
+    except ResultNotStorableError as exc:
+        raise ResultNotStorableError(f"Function {name!r} returned {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ResultNotStorableError(
+            f"Function {name!r} returned a value that cannot be stored as JSON ({exc}): return plain numbers, "
+            "strings, lists and dicts (e.g. str() of a very large int)"
+        ) from None
+    return out
+
+
+def check_storable(properties: dict[str, Any], owner: str) -> None:
+    """Raise a :class:`DefinitionError` naming the property whose value cannot go into the metadata.
+
+    Called when a state is defined, so that a property JSON cannot hold (an int of more than
+    4300 digits) is refused before anything is computed rather than failing the save after it.
+    """
+    for prop, value in properties.items():
+        try:
+            encode_json(jsonable(value))
+        except (ValueError, RecursionError) as exc:
+            raise DefinitionError(
+                f"property {prop!r} of {owner} cannot be stored in the state's metadata (JSON): {exc}. "
+                "Pass it in a form JSON holds (e.g. a str, or a smaller number)."
+            ) from None
+
+
+def jsonable(value: Any, depth: int = 0, strict: bool = False) -> Any:
+    """A JSON-friendly version of a Function's result (numbers, strings, lists, dicts).
+
+    ``strict`` (Function results, see :func:`result_json`) refuses what would not be faithful:
+    dict keys that collide as strings, and a ``repr`` holding a memory address.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if depth > 20:
-        return repr(value)
+        return _repr(value, strict)
     if isinstance(value, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            key = str(k)
+            if strict and key in out:
+                other = next(o for o in value if o is not k and str(o) == key)
+                raise ResultNotStorableError(
+                    f"a dict whose keys {other!r} and {k!r} are one key in JSON ({key!r}; JSON keys are strings): "
+                    "give them distinct string keys"
+                )
+            out[key] = jsonable(v, depth + 1, strict)
+        return out
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v, depth + 1) for v in value]
+        return [jsonable(v, depth + 1, strict) for v in value]
     item = getattr(value, "item", None)
     size = getattr(value, "size", None)
     if callable(item) and (size is None or size == 1 or (callable(size) and value.numel() == 1)):
         try:
-            return jsonable(item(), depth + 1)
+            return jsonable(item(), depth + 1, strict)
+        except ResultNotStorableError:
+            raise
         except (ValueError, TypeError, RuntimeError):
             pass
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         try:
-            return jsonable(tolist(), depth + 1)
+            return jsonable(tolist(), depth + 1, strict)
+        except ResultNotStorableError:
+            raise
         except (ValueError, TypeError, RuntimeError):
             pass
-    return repr(value)
+    return _repr(value, strict)
+
+
+def _repr(value: Any, strict: bool) -> str:
+    text = repr(value)
+    if strict and _ADDRESS.search(text):
+        cls = type(value)
+        raise ResultNotStorableError(
+            f"a {cls.__module__}.{cls.__qualname__} object, which has no JSON form, and its repr "
+            "holds a memory address that changes every run: return plain numbers, strings, lists and dicts "
+            "(e.g. vars(obj) or dataclasses.asdict(obj)), or give the class a __repr__ that shows its values"
+        )
+    return text
 
 
 def _process_get(num_workers: int | None) -> Any:
