@@ -279,7 +279,7 @@ def show(directory: Dir, result: ResultOpt = None) -> int:
             subs = [(kid, branch.add(_label(kid, result))) for kid in kids]
             stack.extend(reversed(subs))
         console.print(tree)
-    failed = _failures(exp)
+    failed = [rec for rec in _failures(exp) if str(rec.get("sha")) not in graph._nodes]  # stored since: another runner
     for rec in failed:
         out = f"[red]failed[/red] [dim]{str(rec.get('sha', '?'))[:10]}[/dim] {escape(str(rec.get('label', '?')))}"
         console.print(out + f": {escape(str(rec.get('error', '')))}")

@@ -332,8 +332,9 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             records.write_meta(meta, old_rev=old_rev)
         if record["status"] == "computed":
             record["reason"] = spec.reason
-            if spec.reason == FAILED_BEFORE:
-                records.store.delete(failure_key(spec.sha))
+            # Also where this run saw no failure: a concurrent runner may have failed this state
+            # (and recorded it) between this run's planning and this commit.
+            records.store.delete(failure_key(spec.sha))
         record.update(end=end, duration=end - start, meta=meta)
         return record
     except BaseException as exc:  # noqa: BLE001 - a task must never take its siblings down
