@@ -102,6 +102,17 @@ def forget_recent(runtime: Runtime) -> None:
 # One Records per store per process: workers reuse their store connection.
 _RECORDS: dict[tuple[Any, ...], Records] = {}
 
+
+def _forget_records_in_child() -> None:
+    """A forked worker opens its own stores: fsspec's async file systems (s3, gcs, ...) refuse to be
+    used across a fork ("This class is not fork-safe"), and a lock held by a parent's thread at the
+    fork would never be released in the child."""
+    _RECORDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_records_in_child)
+
 _TASK_CLASSES: tuple[Any, Any] | None = None
 
 

@@ -226,6 +226,12 @@ class Experiment:
         """
         from dagger.progress import Progress
 
+        if scheduler == "processes" and self.store.url.startswith("memory://"):
+            raise DefinitionError(
+                f"{self.directory} is a memory:// store: it lives in this process only, so the worker processes "
+                "of scheduler='processes' could not see what the others store. Use scheduler='threads' (or "
+                "'single-threaded'), or a folder on disk or an object store (s3://...)."
+            )
         start = time.time()
         forget_recent(self.runtime)
         keep_written(self.runtime)
