@@ -452,17 +452,53 @@ def result_json(name: str, value: Any) -> Any:
 def check_storable(properties: dict[str, Any], owner: str) -> None:
     """Raise a :class:`DefinitionError` naming the property whose value cannot go into the metadata.
 
-    Called when a state is defined, so that a property JSON cannot hold (an int of more than
-    4300 digits) is refused before anything is computed rather than failing the save after it.
+    Called when a state is defined, so that a property JSON cannot hold (an int of more digits
+    than Python converts to text, 4300 by default) is refused before anything is computed rather
+    than failing the save after it. Walks the value as :func:`jsonable` would, copying nothing.
     """
     for prop, value in properties.items():
-        try:
-            encode_json(jsonable(value))
-        except (ValueError, RecursionError) as exc:
+        found = _long_int(value)
+        if found is not None:
             raise DefinitionError(
-                f"property {prop!r} of {owner} cannot be stored in the state's metadata (JSON): {exc}. "
-                "Pass it in a form JSON holds (e.g. a str, or a smaller number)."
-            ) from None
+                f"property {prop!r} of {owner} holds an int of about {int(found.bit_length() * 0.30103) + 1} digits, "
+                f"more than can be written as text in the state's metadata (Python's limit: "
+                f"{sys.get_int_max_str_digits()} digits). Pass it in a form JSON holds (e.g. a str, or a smaller number)."
+            )
+
+
+_LONG_BITS = 14_000  # an int of fewer bits has fewer than 4,300 digits (Python's default limit)
+
+
+def _long_int(value: Any, depth: int = 0) -> int | None:
+    """The first int inside ``value`` that ``str()`` refuses (too many digits), or None."""
+    if isinstance(value, int):
+        if value.bit_length() <= _LONG_BITS or isinstance(value, bool):
+            return None
+        try:
+            str(value)
+        except ValueError:
+            return value
+        return None
+    if value is None or isinstance(value, (float, str, bytes)) or depth > 20:
+        return None
+    if isinstance(value, dict):
+        items: Any = (x for kv in value.items() for x in kv)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = value
+    elif getattr(getattr(value, "dtype", None), "hasobject", False) and callable(getattr(value, "tolist", None)):
+        items = [value.tolist()]  # a numpy object array: jsonable stores its tolist()
+    else:
+        return None
+    for item in items:
+        if type(item) is int:  # the common case, without a call
+            if item.bit_length() <= _LONG_BITS:
+                continue
+        elif item is None or type(item) in (float, str, bool):
+            continue
+        found = _long_int(item, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def jsonable(value: Any, depth: int = 0, strict: bool = False) -> Any:
