@@ -97,7 +97,7 @@ def _slotnames_line(cls: type) -> str | None:
         return None
     names = cls.__dict__.get("__slotnames__")
     if names is None:
-        names = copyreg._slotnames(cls)  # what the first copy would cache; leave the class as it was
+        names = copyreg._slotnames(cls)  # type: ignore[attr-defined]  # what a copy would cache; undone below
         try:
             delattr(cls, "__slotnames__")
         except (AttributeError, TypeError):
