@@ -383,3 +383,83 @@ def test_recipes_without_source_fall_back_to_bytecode():
 
     assert source_hash(make("state.v = 1")) == source_hash(make("state.v = 1"))
     assert source_hash(make("state.v = 1")) != source_hash(make("state.v = 2"))
+
+
+SLOT_MODULE = """
+import numpy as np
+import dagger as dg
+
+
+class S(dg.ExperimentState):
+    PROPERTIES = ["name"]
+
+    def initialize_state(self, **kwargs):
+        self.x = np.zeros(3)
+
+
+class Step(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def run(self, state):
+        state.x = state.x + self.k
+        return state
+"""
+
+SLOT_RUN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import dagger as dg
+from slotmod import S, Step
+
+exp = dg.Experiment(sys.argv[2], state_class=S)
+child = Step(k=2)(exp.spawn_new_tree(name="a"))  # applying a recipe copies it: copyreg adds __slotnames__
+exp.run()
+print(child.sha())
+"""
+
+SLOT_REPRODUCE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import dagger as dg
+
+report = dg.Experiment.restore(sys.argv[2]).reproduce(sys.argv[3])  # rebuilt from metadata: never copied
+print(report.ok, report.code_changed)
+"""
+
+
+def test_reproduce_in_a_fresh_process_does_not_report_a_code_change(tmp_path):
+    """Python adds ``__slotnames__`` to a class once an instance is copied; that is not a code change."""
+    (tmp_path / "slotmod.py").write_text(SLOT_MODULE)
+    (tmp_path / "run.py").write_text(SLOT_RUN)
+    (tmp_path / "again.py").write_text(SLOT_REPRODUCE)
+    exp_dir = str(tmp_path / "exp")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    ran = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path), exp_dir], capture_output=True, text=True, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    sha = ran.stdout.split()[-1]
+    again = subprocess.run(
+        [sys.executable, str(tmp_path / "again.py"), str(tmp_path), exp_dir, sha],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == ["True", "False"]
+
+
+def test_source_hash_ignores_slotnames_and_keeps_recorded_hashes():
+    import copy
+
+    class Fresh(dg.Recipe):
+        PROPERTIES = ["k"]
+
+        def run(self, state):
+            return state
+
+    before = source_hash(Fresh)
+    assert "__slotnames__" not in vars(Fresh)
+    copy.copy(Fresh(k=1))
+    assert "__slotnames__" in vars(Fresh)  # what made the hash move
+    assert source_hash(Fresh) == before

@@ -9,6 +9,7 @@ import enum
 import fractions
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import uuid
@@ -95,8 +96,47 @@ def test_float_digest_equal_iff_same_bits(a, b):
     assert (hashing.digest(a) == hashing.digest(b)) == same
 
 
+def _nan_with_payload(bits: int = 0x7FF8_0000_0000_0001) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
 def test_all_nans_are_one_value():
     assert hashing.digest(float("nan")) == hashing.digest(-float("nan"))
+    assert hashing.digest(float("nan")) == hashing.digest(_nan_with_payload())
+
+
+def test_all_nans_are_one_value_in_numpy_and_torch_too():
+    """As for Python floats, a NaN's sign and payload never change a hash (docs/reproducibility.md)."""
+    odd = _nan_with_payload()
+    assert np.float64(odd).tobytes() != np.float64(np.nan).tobytes()  # the payload survives in numpy
+    for dtype in ("<f8", ">f8", "f4", "f2"):
+        plain = np.array([1.0, np.nan, 3.0], dtype=dtype)
+        assert hashing.digest(plain) == hashing.digest(np.array([1.0, -np.nan, 3.0], dtype=dtype)), dtype
+        assert hashing.digest(plain) != hashing.digest(np.array([1.0, np.nan, 4.0], dtype=dtype)), dtype
+    assert hashing.digest(np.array([1.0, np.nan])) == hashing.digest(np.array([1.0, odd]))
+    assert hashing.digest(np.float64(np.nan)) == hashing.digest(np.float64(-np.nan))
+    assert hashing.digest(np.float64(np.nan)) == hashing.digest(np.float64(odd))
+    assert hashing.digest(np.float32(np.nan)) == hashing.digest(np.float32(-np.nan))
+    complex_nan = np.array([complex(1, np.nan)])
+    assert hashing.digest(complex_nan) == hashing.digest(np.array([complex(1, -np.nan)]))
+    assert hashing.digest(complex_nan) != hashing.digest(np.array([complex(2, np.nan)]))
+    assert hashing.digest(np.complex128(complex(1, np.nan))) == hashing.digest(np.complex128(complex(1, -np.nan)))
+    tensor = torch.tensor([1.0, float("nan")])
+    assert hashing.digest(tensor) == hashing.digest(torch.tensor([1.0, -float("nan")]))
+    assert hashing.digest(tensor) != hashing.digest(torch.tensor([2.0, float("nan")]))
+
+
+def test_numpy_nan_keeps_the_digest_it_had():
+    # Pinned: the canonical NaN (np.nan as numpy stores it) hashes as before the NaN rule, so
+    # cached states with NaN-holding arrays keep their identity.
+    assert hashing.digest(np.array([1.0, np.nan])) == (
+        "9764413900fa5bd3b9e618ab6cdf4ae96dad21a65887799e1cb880bea8ca821e"
+    )
+
+
+def test_empty_multidimensional_arrays_hash():
+    assert hashing.digest(np.zeros((0, 3))) != hashing.digest(np.zeros((3, 0)))
+    assert hashing.digest(np.zeros((0, 3))) == hashing.digest(np.zeros((0, 3)))
 
 
 def test_one_and_its_lookalikes_differ():
@@ -341,6 +381,33 @@ def test_dataclass_with_unhashable_field_names_the_field():
     with pytest.raises(UnhashableError) as info:
         hashing.digest(Point(1.0, Opaque(0)))
     assert "<Point>['y']" in info.value.path
+
+
+def test_timedeltas_differ_by_one_microsecond_at_any_size():
+    far = datetime.timedelta(days=200000)
+    assert far.total_seconds() == (far + datetime.timedelta(microseconds=1)).total_seconds()  # floats merge them
+    assert hashing.digest(far) != hashing.digest(far + datetime.timedelta(microseconds=1))
+    assert hashing.digest(-far) != hashing.digest(-far - datetime.timedelta(microseconds=1))
+    assert hashing.digest(far) == hashing.digest(datetime.timedelta(seconds=200000 * 86400))
+
+
+def test_timedelta_digests_never_change_where_they_were_exact():
+    # Pinned (see above): small timedeltas keep the encoding they always had.
+    assert hashing.digest(datetime.timedelta(seconds=3)) == (
+        "0c979d361f6f7a14ca1f544cc39d5e3a47644e7bbabedf4559b51ddc5eec4eb7"
+    )
+    assert hashing.digest(datetime.timedelta(days=3, microseconds=7)) == (
+        "f8ff84125525d2151a655308013acc89acfa13e1344c80d50b466026b9d77636"
+    )
+
+
+def test_posix_and_windows_paths_differ():
+    assert hashing.digest(pathlib.PurePosixPath("a/b")) != hashing.digest(pathlib.PureWindowsPath("a\\b"))
+    assert hashing.digest(pathlib.PureWindowsPath("a\\b")) == hashing.digest(pathlib.PureWindowsPath("a/b"))
+    # Pinned (see above): a POSIX path keeps its encoding.
+    assert hashing.digest(pathlib.PurePosixPath("a/b")) == (
+        "06c485e6beaea9f14b3ae46f8defc4e2522eea6a6f749af4b2dc1dc44cec298b"
+    )
 
 
 def test_other_stdlib_values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import numpy as np
@@ -158,3 +159,45 @@ def test_opt_out_per_experiment(exp_dir):
     # the child continued Python's stream where the root left it, and numpy's and torch's
     # from the test's seed 77: nothing was reseeded
     assert draws(got)[:3] == (child_py, want[1], want[2])
+
+
+# Handshake between the two recipes below (threads share this module): without isolation,
+# the unseeded recipe draws from numpy's global generator in the middle of the seeded run.
+SEEDED_DREW_FIRST = threading.Event()
+UNSEEDED_DREW = threading.Event()
+
+
+class SeededTwoDraws(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def run(self, state):
+        state.first = np.random.random(3)
+        SEEDED_DREW_FIRST.set()
+        UNSEEDED_DREW.wait(1.0)  # isolated: the unseeded recipe cannot run now, so this times out
+        state.second = np.random.random(3)
+        return state
+
+
+class UnseededNeighbour(dg.Recipe):
+    PROPERTIES = ["k"]
+    SEED_GLOBAL_RNGS = False
+
+    def run(self, state):
+        SEEDED_DREW_FIRST.wait(1.0)
+        state.noise = np.random.random(100)
+        UNSEEDED_DREW.set()
+        return state
+
+
+def test_unseeded_recipe_under_threads_cannot_change_a_seeded_ones_numbers(tmp_path):
+    SEEDED_DREW_FIRST.clear()
+    UNSEEDED_DREW.clear()
+    exp = dg.Experiment(str(tmp_path / "both"), state_class=SeedState)
+    root = exp.spawn_new_tree(name="seeds")
+    seeded = SeededTwoDraws(k=1)(root)
+    UnseededNeighbour(k=1)(root)
+    exp.run(scheduler="threads", num_workers=2)
+    got = dg.Experiment.restore(str(tmp_path / "both")).graph.node(seeded.sha()).restore()
+    np.random.seed(got.dagger_seed % 2**32)  # what the seeded recipe draws when it runs alone
+    assert got.first.tolist() == np.random.random(3).tolist()
+    assert got.second.tolist() == np.random.random(3).tolist()

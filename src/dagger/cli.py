@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -279,7 +280,7 @@ def show(directory: Dir, result: ResultOpt = None) -> int:
             subs = [(kid, branch.add(_label(kid, result))) for kid in kids]
             stack.extend(reversed(subs))
         console.print(tree)
-    failed = _failures(exp)
+    failed = [rec for rec in _failures(exp) if str(rec.get("sha")) not in graph._nodes]  # stored since: another runner
     for rec in failed:
         out = f"[red]failed[/red] [dim]{str(rec.get('sha', '?'))[:10]}[/dim] {escape(str(rec.get('label', '?')))}"
         console.print(out + f": {escape(str(rec.get('error', '')))}")
@@ -588,11 +589,13 @@ def results(
     exp = _open(directory)
     columns, rows = _rows(exp, tag, any_)
     if csv_file is not None:
+        if csv_file != "-":
+            _refuse_inside(exp, csv_file)
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([_csv_cell(c) for c in columns])
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+            writer.writerow([_csv_cell(_csv_value(row.get(k))) for k in columns])
         if csv_file == "-":
             sys.stdout.write(buf.getvalue())
         else:
@@ -614,6 +617,35 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
     return "" if value is None else value
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (OWASP's advice on CSV injection).
+
+    Text that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (or their full-width
+    forms) gets a leading ``'``; numbers, and text that is a plain number such as ``-0.5``, stay as they are.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _refuse_inside(exp: Experiment, target: str) -> None:
+    """Refuse to write an output file inside the experiment folder (it could replace the store's own files)."""
+    if "://" in exp.directory:
+        return
+    folder = os.path.realpath(exp.directory)
+    path = os.path.realpath(target)
+    if path == folder or path.startswith(folder + os.sep):
+        raise Failure(
+            f"{target} is inside the experiment folder {exp.directory}: the CSV could replace the store's own files. "
+            "Write it somewhere else.",
+            USAGE,
+        )
 
 
 def _numeric(rows: list[dict[str, Any]], col: str) -> bool:

@@ -34,6 +34,10 @@ class RecipeReturnError(DaggerError, TypeError):
     """A recipe's ``run`` returned something other than a state of the experiment's class."""
 
 
+class ResultNotStorableError(DaggerError, ValueError):
+    """A Function's result (or a property) has no stable JSON form to store in the metadata."""
+
+
 class UnhashableError(DaggerError, TypeError):
     """A value has no stable, canonical encoding, so it cannot be part of a state's identity.
 

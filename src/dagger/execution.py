@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import sys
 import threading
 import time
 import traceback
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagger.errors import DefinitionError, RecipeReturnError
+from dagger.errors import DefinitionError, RecipeReturnError, ResultNotStorableError
 from dagger.recipe import seeds_global_rngs
 from dagger.state import ExperimentState
 from dagger.store import open_store, pickling
@@ -100,6 +102,17 @@ def forget_recent(runtime: Runtime) -> None:
 
 # One Records per store per process: workers reuse their store connection.
 _RECORDS: dict[tuple[Any, ...], Records] = {}
+
+
+def _forget_records_in_child() -> None:
+    """A forked worker opens its own stores: fsspec's async file systems (s3, gcs, ...) refuse to be
+    used across a fork ("This class is not fork-safe"), and a lock held by a parent's thread at the
+    fork would never be released in the child."""
+    _RECORDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_records_in_child)
 
 _TASK_CLASSES: tuple[Any, Any] | None = None
 
@@ -186,9 +199,63 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-# Python's, numpy's and torch's global generators are process-wide: seeded code runs one
-# task at a time per process, or threads would draw from each other's streams.
-_SEEDED = threading.RLock()
+class _GlobalRandomGuard:
+    """Keeps code that uses the process's global random generators out of a seeded run's way.
+
+    Python's, numpy's and torch's global generators are process-wide. A seeded run (a root's
+    ``initialize_state``, a recipe with ``SEED`` on) holds them alone: it waits for every other
+    recipe and Function of this process to finish, and they wait for it, or a thread would draw
+    from its stream and change its numbers. Unseeded recipes and Functions only shut seeded runs
+    out; they run beside each other. Re-entrant, for a run that starts another run in its thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None  # the thread holding the seeded (exclusive) side
+        self._depth = 0
+        self._shared = 0
+        self._waiting = 0  # seeded runs waiting: new unseeded ones queue behind them
+
+    @contextmanager
+    def seeded(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me:
+                self._waiting += 1
+                while self._owner is not None or self._shared:
+                    self._cond.wait()
+                self._waiting -= 1
+                self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+                    self._cond.notify_all()
+
+    @contextmanager
+    def unseeded(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:  # inside this thread's own seeded run
+            yield
+            return
+        with self._cond:
+            while self._owner is not None or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+
+_RANDOM_GUARD = _GlobalRandomGuard()
 
 #: Why a state is computed rather than served from the store.
 NEVER_STORED = "never stored"
@@ -253,7 +320,9 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             errors = {}
             for fn in spec.functions:
                 try:
-                    results[fn.name] = jsonable(fn.fn(state))
+                    with _RANDOM_GUARD.unseeded() if runtime.seed else nullcontext():
+                        value = fn.fn(state)
+                    results[fn.name] = result_json(fn.name, value)
                 except Exception as exc:  # noqa: BLE001 - reported, never raised
                     errors[fn.name] = f"{type(exc).__name__}: {exc}"
                     results.pop(fn.name, None)  # never show a stale result beside a failure
@@ -275,8 +344,9 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             records.write_meta(meta, old_rev=old_rev)
         if record["status"] == "computed":
             record["reason"] = spec.reason
-            if spec.reason == FAILED_BEFORE:
-                records.store.delete(failure_key(spec.sha))
+            # Also where this run saw no failure: a concurrent runner may have failed this state
+            # (and recorded it) between this run's planning and this commit.
+            records.store.delete(failure_key(spec.sha))
         record.update(end=end, duration=end - start, meta=meta)
         return record
     except BaseException as exc:  # noqa: BLE001 - a task must never take its siblings down
@@ -330,7 +400,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
             cls.__init__(state, parent_sha=None, experiment_object=None)
         state.__dict__.update(spec.properties)
         _attach(state, spec.sha, spec.meta)
-        with _SEEDED if runtime.seed else nullcontext():
+        with _RANDOM_GUARD.seeded() if runtime.seed else nullcontext():
             if runtime.seed:
                 seed_everything(seed)
             state.initialize_state(**(spec.init_kwargs or {}))
@@ -341,7 +411,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     _attach(parent, spec.sha, spec.meta)  # the recipe sees the child's identity (seed, tags)
     recipe = spec.recipe
     seeded = runtime.seed and seeds_global_rngs(type(recipe))
-    with _SEEDED if seeded else nullcontext():
+    with _RANDOM_GUARD.seeded() if seeded else _RANDOM_GUARD.unseeded() if runtime.seed else nullcontext():
         if seeded:
             seed_everything(seed)
         child: Any = recipe.run(parent)
@@ -360,30 +430,136 @@ def _short(value: Any) -> str:
     return text if len(text) < 60 else text[:57] + "..."
 
 
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-friendly version of a Function's result (numbers, strings, lists, dicts)."""
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+
+
+def result_json(name: str, value: Any) -> Any:
+    """The JSON form of what Function ``name`` returned, stable from run to run, or a clear error.
+
+    Raises :class:`ResultNotStorableError` (recorded as that Function's failure; the state is
+    saved all the same) when the value has no faithful JSON form: dict keys that become one
+    string (``1`` and ``"1"``; JSON keys are strings, so other keys are stored as ``str(key)``),
+    an object whose only form is a ``repr`` holding a memory address, or an int too long for JSON.
+    """
+    try:
+        out = jsonable(value, strict=True)
+        encode_json(out)
+    except ResultNotStorableError as exc:
+        raise ResultNotStorableError(f"Function {name!r} returned {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ResultNotStorableError(
+            f"Function {name!r} returned a value that cannot be stored as JSON ({exc}): return plain numbers, "
+            "strings, lists and dicts (e.g. str() of a very large int)"
+        ) from None
+    return out
+
+
+def check_storable(properties: dict[str, Any], owner: str) -> None:
+    """Raise a :class:`DefinitionError` naming the property whose value cannot go into the metadata.
+
+    Called when a state is defined, so that a property JSON cannot hold (an int of more digits
+    than Python converts to text, 4300 by default) is refused before anything is computed rather
+    than failing the save after it. Walks the value as :func:`jsonable` would, copying nothing.
+    """
+    for prop, value in properties.items():
+        found = _long_int(value)
+        if found is not None:
+            raise DefinitionError(
+                f"property {prop!r} of {owner} holds an int of about {int(found.bit_length() * 0.30103) + 1} digits, "
+                f"more than can be written as text in the state's metadata (Python's limit: "
+                f"{sys.get_int_max_str_digits()} digits). Pass it in a form JSON holds (e.g. a str, or a smaller number)."
+            )
+
+
+_LONG_BITS = 14_000  # an int of fewer bits has fewer than 4,300 digits (Python's default limit)
+
+
+def _long_int(value: Any, depth: int = 0) -> int | None:
+    """The first int inside ``value`` that ``str()`` refuses (too many digits), or None."""
+    if isinstance(value, int):
+        if value.bit_length() <= _LONG_BITS or isinstance(value, bool):
+            return None
+        try:
+            str(value)
+        except ValueError:
+            return value
+        return None
+    if value is None or isinstance(value, (float, str, bytes)) or depth > 20:
+        return None
+    if isinstance(value, dict):
+        items: Any = (x for kv in value.items() for x in kv)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = value
+    elif getattr(getattr(value, "dtype", None), "hasobject", False) and callable(getattr(value, "tolist", None)):
+        items = [value.tolist()]  # a numpy object array: jsonable stores its tolist()
+    else:
+        return None
+    for item in items:
+        if type(item) is int:  # the common case, without a call
+            if item.bit_length() <= _LONG_BITS:
+                continue
+        elif item is None or type(item) in (float, str, bool):
+            continue
+        found = _long_int(item, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def jsonable(value: Any, depth: int = 0, strict: bool = False) -> Any:
+    """A JSON-friendly version of a Function's result (numbers, strings, lists, dicts).
+
+    ``strict`` (Function results, see :func:`result_json`) refuses what would not be faithful:
+    dict keys that collide as strings, and a ``repr`` holding a memory address.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if depth > 20:
-        return repr(value)
+        return _repr(value, strict)
     if isinstance(value, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            key = str(k)
+            if strict and key in out:
+                other = next(o for o in value if o is not k and str(o) == key)
+                raise ResultNotStorableError(
+                    f"a dict whose keys {other!r} and {k!r} are one key in JSON ({key!r}; JSON keys are strings): "
+                    "give them distinct string keys"
+                )
+            out[key] = jsonable(v, depth + 1, strict)
+        return out
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v, depth + 1) for v in value]
+        return [jsonable(v, depth + 1, strict) for v in value]
     item = getattr(value, "item", None)
     size = getattr(value, "size", None)
     if callable(item) and (size is None or size == 1 or (callable(size) and value.numel() == 1)):
         try:
-            return jsonable(item(), depth + 1)
+            return jsonable(item(), depth + 1, strict)
+        except ResultNotStorableError:
+            raise
         except (ValueError, TypeError, RuntimeError):
             pass
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         try:
-            return jsonable(tolist(), depth + 1)
+            return jsonable(tolist(), depth + 1, strict)
+        except ResultNotStorableError:
+            raise
         except (ValueError, TypeError, RuntimeError):
             pass
-    return repr(value)
+    return _repr(value, strict)
+
+
+def _repr(value: Any, strict: bool) -> str:
+    text = repr(value)
+    if strict and _ADDRESS.search(text):
+        cls = type(value)
+        raise ResultNotStorableError(
+            f"a {cls.__module__}.{cls.__qualname__} object, which has no JSON form, and its repr "
+            "holds a memory address that changes every run: return plain numbers, strings, lists and dicts "
+            "(e.g. vars(obj) or dataclasses.asdict(obj)), or give the class a __repr__ that shows its values"
+        )
+    return text
 
 
 def _process_get(num_workers: int | None) -> Any:

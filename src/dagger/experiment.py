@@ -27,6 +27,7 @@ from dagger.execution import (
     NEVER_STORED,
     Runtime,
     TaskSpec,
+    check_storable,
     failure_key,
     forget_recent,
     jsonable,
@@ -147,6 +148,7 @@ class Experiment:
             sha = hashing.root_hash(path, props, cls.VERSION)
         except UnhashableError as exc:
             raise hashing.name_path(exc, cls.__name__) from None
+        check_storable(props, cls.__name__)
         if self._root is not None and self._root._sha == sha:
             # The root was taken from the store (state.to_promise()): now it is defined in full.
             self._root.init_kwargs = kwargs
@@ -255,8 +257,17 @@ class Experiment:
         return None
 
     def _add_function(self, promise: ExperimentStatePromise, fn: Function) -> None:
-        if all(f is not fn for f in promise.functions):
-            promise.functions.append(fn)
+        for other in promise.functions:
+            if other.name != fn.name:
+                continue
+            if other is fn or other.fn is fn.fn:
+                return
+            raise DefinitionError(  # one results key: one result would be lost
+                f"two different Functions named {fn.name!r} are applied to state {promise._sha[:10]}: their "
+                "results are stored under their name, so one would overwrite the other. Name them apart: "
+                'dg.Function(fn, name="...")'
+            )
+        promise.functions.append(fn)
 
     # ---- running ---------------------------------------------------------------------
 
@@ -286,6 +297,12 @@ class Experiment:
         """
         from dagger.progress import Progress
 
+        if scheduler == "processes" and self.store.url.startswith("memory://"):
+            raise DefinitionError(
+                f"{self.directory} is a memory:// store: it lives in this process only, so the worker processes "
+                "of scheduler='processes' could not see what the others store. Use scheduler='threads' (or "
+                "'single-threaded'), or a folder on disk or an object store (s3://...)."
+            )
         start = time.time()
         forget_recent(self.runtime)
         keep_written(self.runtime)
@@ -380,7 +397,9 @@ class Experiment:
         except Exception:  # noqa: BLE001 - the interrupt is what must surface
             done = -1
         self._graph = None
-        saved = f"{done} state(s) are saved in {self.directory}" if done >= 0 else f"saved states are in {self.directory}"
+        saved = (
+            f"{done} state(s) are saved in {self.directory}" if done >= 0 else f"saved states are in {self.directory}"
+        )
         sys.stderr.write(
             f"\ndagger: run interrupted; {saved}, nothing half-written. "
             "Run exp.run() again to resume: finished states are served from the store.\n"
@@ -629,7 +648,10 @@ def _check_state_class(info: dict[str, Any], state_class: type, directory: str) 
     if recorded == given:
         return
     rec_mod, _, rec_name = recorded.rpartition(".")
-    if "__main__" in (state_class.__module__, rec_mod.split(".")[0]) and rec_name == state_class.__qualname__.rpartition(".")[2]:
+    if (
+        "__main__" in (state_class.__module__, rec_mod.split(".")[0])
+        and rec_name == state_class.__qualname__.rpartition(".")[2]
+    ):
         return  # the same class, defined in a script's __main__ on one side
     raise StateClassMismatchError(
         f"{directory} was created with state class {recorded!r}, not {given!r}. Pass the original class "

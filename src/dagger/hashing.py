@@ -16,7 +16,9 @@ stream of tagged, length-prefixed tokens fed straight into SHA-256, so large
 values are hashed without building a copy in memory. The encoding is exact
 and typed: ``0.1`` and ``0.1000000001`` differ, and so do ``1``, ``1.0``,
 ``True`` and ``"1"``. Dicts and sets are order-free. numpy and torch encoders
-are registered lazily, only once those libraries are imported.
+are registered lazily, only once those libraries are imported. All NaNs are one
+value, whatever their sign or payload, in Python floats, numpy scalars and arrays
+and torch tensors alike (so NaN-filled inputs hash the same however they were made).
 
 Extend it for your own types in either of two ways::
 
@@ -433,13 +435,29 @@ def _enc_enum(h: Any, obj: enum.Enum, w: _Walk) -> None:
 
 @_register(pathlib.PurePath)
 def _enc_path(h: Any, obj: pathlib.PurePath, w: _Walk) -> None:
-    _tok(h, b"P", obj.as_posix().encode())
+    # A Windows path is tagged with its flavour, so PureWindowsPath("a\\b") and PurePosixPath("a/b")
+    # differ; a POSIX path keeps the encoding it always had.
+    tag = b"Pw" if isinstance(obj, pathlib.PureWindowsPath) else b"P"
+    _tok(h, tag, obj.as_posix().encode())
 
 
-@_register(datetime.datetime, datetime.date, datetime.time, datetime.timedelta)
+@_register(datetime.datetime, datetime.date, datetime.time)
 def _enc_datetime(h: Any, obj: Any, w: _Walk) -> None:
-    text = str(obj.total_seconds()) if isinstance(obj, datetime.timedelta) else obj.isoformat()
-    _tok(h, b"t" + type(obj).__name__.encode(), text.encode())
+    _tok(h, b"t" + type(obj).__name__.encode(), obj.isoformat().encode())
+
+
+@_register(datetime.timedelta)
+def _enc_timedelta(h: Any, obj: datetime.timedelta, w: _Walk) -> None:
+    micros = (obj.days * 86_400 + obj.seconds) * 1_000_000 + obj.microseconds
+    seconds = micros / 1_000_000  # == obj.total_seconds(), correctly rounded
+    if (micros - 1) / 1_000_000 != seconds and (micros + 1) / 1_000_000 != seconds:
+        # No other timedelta has these float seconds: the encoding it always had is exact.
+        _tok(h, b"ttimedelta", str(seconds).encode())
+        return
+    # Beyond about 285 years a float no longer tells microseconds apart: encode the exact parts.
+    h.update(b"tD")
+    for n in (obj.days, obj.seconds, obj.microseconds):
+        _enc_int(h, n, w)
 
 
 @_register(decimal.Decimal)
@@ -530,13 +548,42 @@ def _register_numpy() -> None:
             return
         _tok(h, b"A", f"{obj.dtype.str}|{obj.dtype.descr!r}|{obj.shape!r}".encode())
         contiguous: Any = np.ascontiguousarray(obj)
-        _feed_buffer(h, memoryview(contiguous).cast("B"))
+        if obj.dtype.kind in "fc" and obj.size:
+            _feed_floats(h, contiguous)
+            return
+        _feed_buffer(h, memoryview(contiguous.reshape(-1)).cast("B"))  # reshape: a (0, 3) array too
+
+    def _float_view(arr: Any) -> Any:
+        """A contiguous float or complex array as a flat array of its float parts."""
+        flat = arr.reshape(-1)
+        if arr.dtype.kind == "c":
+            flat = flat.view(f"{arr.dtype.str[0]}f{arr.dtype.itemsize // 2}")  # e.g. "<c16" -> "<f8"
+        return flat
+
+    def _feed_floats(h: Any, arr: Any) -> None:
+        # As _feed_buffer, with every NaN written as the canonical one (as np.nan stores it), so
+        # that, as for Python floats, all NaNs are one value whatever their sign or payload.
+        flat = _float_view(arr)
+        h.update(_pack_len(arr.nbytes))
+        step = max(1, _CHUNK // flat.itemsize)
+        for start in range(0, flat.size, step):
+            chunk = flat[start : start + step]
+            nans = np.isnan(chunk)
+            if nans.any():
+                chunk = chunk.copy()
+                chunk[nans] = np.nan
+            h.update(memoryview(chunk).cast("B"))
 
     @_register(np.generic)
     def _enc_npscalar(h: Any, obj: Any, w: _Walk) -> None:
         if obj.dtype.hasobject:
             raise _unhashable(obj)
-        _tok(h, b"a" + obj.dtype.str.encode(), obj.tobytes())
+        data = obj.tobytes()
+        if obj.dtype.kind in "fc" and np.isnan(obj):
+            flat = _float_view(np.array([obj])).copy()
+            flat[np.isnan(flat)] = np.nan
+            data = flat.tobytes()
+        _tok(h, b"a" + obj.dtype.str.encode(), data)
 
     @_register(np.dtype)
     def _enc_dtype(h: Any, obj: Any, w: _Walk) -> None:
@@ -553,6 +600,11 @@ def _register_torch() -> None:
             t = t.to_dense()
         t = t.cpu().contiguous()
         _tok(h, b"tt", f"{t.dtype}|{tuple(t.shape)!r}".encode())
+        if t.is_floating_point() or t.is_complex():  # all NaNs are one value, as for numpy and floats
+            parts = torch.view_as_real(t) if t.is_complex() else t
+            nans = parts.isnan()
+            if nans.any():
+                t = torch.where(nans, torch.full_like(parts, float("nan")), parts).contiguous()
         flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
         raw: Any = flat.numpy()
         _feed_buffer(h, memoryview(raw))

@@ -105,7 +105,10 @@ class Recipe:
                 f"{type(self).__name__} was applied to {type(state).__name__}, not to a state of an experiment: "
                 "apply recipes to what Experiment.spawn_new_tree or another recipe returned"
             )
+        from dagger.execution import check_storable
+
         props, sha = self.identity()
+        check_storable(props, type(self).__name__)
         return state._experiment._add_child(state, copy.copy(self), props, sha)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ docstrings removed, so reformatting, comments and docstrings are no change::
 from __future__ import annotations
 
 import ast
+import copyreg
 import hashlib
 import inspect
 import sys
@@ -48,6 +49,7 @@ _SKIP = {
     "__parameters__",
     "__abstractmethods__",
     "_abc_impl",
+    "__slotnames__",  # added by copyreg once an instance is pickled or copied (see _slotnames_line)
 }
 
 
@@ -59,8 +61,13 @@ def source_hash(cls: type) -> str:
         if klass is object or klass.__module__.split(".")[0] == "dagger":
             continue
         parts.append(f"class {klass.__module__}.{klass.__qualname__}")
-        for name in sorted(vars(klass)):
-            if name in _SKIP:
+        names = set(vars(klass)) - _SKIP
+        slotnames = _slotnames_line(klass) if klass is cls else None
+        if slotnames is not None:
+            names.add("__slotnames__")
+        for name in sorted(names):
+            if name == "__slotnames__":
+                parts.append(slotnames)  # type: ignore[arg-type]
                 continue
             value = vars(klass)[name]
             functions = _functions_of(value)
@@ -71,6 +78,31 @@ def source_hash(cls: type) -> str:
             else:
                 parts.append(f"attr {name}={_value_text(value)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _slotnames_line(cls: type) -> str | None:
+    """The ``__slotnames__`` line of the recipe class, whether or not Python has added it yet.
+
+    copyreg caches ``__slotnames__`` on a class the first time one of its instances is copied
+    or pickled (applying a recipe copies it), so it comes and goes with what the process did,
+    not with the code. It is derived from ``__slots__``, which is hashed anyway; the line is
+    kept, always, only so that source hashes recorded before it was made stable stay the same.
+    Classes that pickle themselves (their own ``__reduce_ex__``, ``__reduce__``,
+    ``__getstate__`` or ``__copy__``) never got it, and still don't.
+    """
+    for hook in ("__reduce_ex__", "__reduce__", "__getstate__"):
+        if getattr(cls, hook, None) is not getattr(object, hook, None):
+            return None
+    if hasattr(cls, "__copy__"):
+        return None
+    names = cls.__dict__.get("__slotnames__")
+    if names is None:
+        names = copyreg._slotnames(cls)  # type: ignore[attr-defined]  # what a copy would cache; undone below
+        try:
+            delattr(cls, "__slotnames__")
+        except (AttributeError, TypeError):
+            pass
+    return f"attr __slotnames__={_value_text(names)}"
 
 
 def _functions_of(value: Any) -> list[types.FunctionType]:

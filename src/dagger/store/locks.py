@@ -214,6 +214,15 @@ class _RangeFile:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         return self.fd
 
+    def read_only_descriptor(self) -> int:
+        """A read-only descriptor, for asking who holds locks in a folder this process cannot write.
+
+        Opened once and never closed, like the other (closing it would drop this process's locks).
+        """
+        if getattr(self, "ro_fd", -1) < 0:
+            self.ro_fd = os.open(self.path, os.O_RDONLY)
+        return self.ro_fd
+
 
 _RANGE_FILES: dict[str, _RangeFile] = {}
 _RANGE_FILES_LOCK = threading.Lock()
@@ -328,7 +337,14 @@ def range_holders(path: str, limit: int = 100_000) -> int:
     if not (RANGE_LOCKS and os.path.exists(path)):
         return 0
     rf = _range_file(path)
-    fd = rf.descriptor()  # never a new descriptor: closing one would drop our own locks
+    try:
+        fd = rf.descriptor()  # never a new descriptor: closing one would drop our own locks
+    except PermissionError:  # a folder we may only read (gc --dry-run): F_GETLK needs no write access
+        fd = rf.read_only_descriptor()
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        fd = rf.read_only_descriptor()
     with rf.mutex:
         count = len(rf.busy)  # the kernel does not report this process's own locks
     start = 0
