@@ -22,6 +22,7 @@ descendants become one ``+N states`` box.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,7 @@ V_GAP = 36.0  # vertical space between levels
 MARGIN = 10.0  # space around the picture
 WRAP = 300.0  # widest text line (px) before a line of comma-separated items wraps
 RADIUS = 8.0  # corner radius of the boxes
+ROW_GAP = 12.0  # vertical space between the rows of a grid of leaves
 
 
 def text_width(text: str, style: str = "props") -> float:
@@ -148,18 +150,17 @@ class Box:
 
 @dataclass
 class Edge:
-    """A line from a parent box's bottom centre towards a child box's top centre.
+    """A line from a parent box to a child box: a polyline ending in an arrow head.
 
-    The line ends at ``(x2, y2)``, the base of the arrow head; ``head`` is the
-    head's triangle, its tip on the child's top edge.
+    ``points`` start at the parent's bottom centre and end at the base of the
+    arrow head; ``head`` is the head's triangle, its tip (first point) on the
+    child's edge: the top centre, or for a child in a grid of leaves, the left
+    side of its title row.
     """
 
     parent: str
     child: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    points: list[tuple[float, float]]
     head: list[tuple[float, float]]
 
 
@@ -296,9 +297,13 @@ def select(
 
 
 def layout(
-    specs: Iterable[NodeSpec], max_states: int = 500, max_children: int = 8
+    specs: Iterable[NodeSpec], max_states: int = 500, max_children: int = 8, grid_after: int = 8
 ) -> Layout:
-    """Place the tree described by ``specs`` (parents may come after children; unknown parents make roots)."""
+    """Place the tree described by ``specs`` (parents may come after children; unknown parents make roots).
+
+    A state with more than ``grid_after`` children, all of them leaves, shows
+    them in a grid under it (a sweep stays about as wide as it is tall).
+    """
     all_specs = list(specs)
     if len({s.id for s in all_specs}) != len(all_specs):
         raise ValueError("every NodeSpec needs a distinct id")
@@ -312,19 +317,50 @@ def layout(
         kids.sort(key=lambda s: (s.status == "summary", order[s.id]))
 
     measured = {s.id: _measure(s) for s in drawn}
+    # A state with many children that are all leaves (a sweep) shows them as a grid, so the
+    # picture stays about as wide as it is tall; the grid is one block for the packing.
+    grids: dict[str, tuple[int, float, float]] = {}  # parent -> columns, cell width, cell height
+    for pid, kids in children.items():
+        if pid is not None and len(kids) > grid_after and all(k.id not in children for k in kids):
+            cols = max(2, math.ceil(math.sqrt(len(kids) / 2)))
+            cell_w = max(measured[k.id][0] for k in kids)
+            cell_h = max(measured[k.id][1] for k in kids)
+            grids[pid] = (cols, cell_w, cell_h)
+
+    def extent(node_id: str) -> tuple[float, float]:
+        """What a node takes on its level: its box, or for the head of a grid, the whole grid."""
+        return measured[node_id][0], measured[node_id][1]
+
+    def grid_size(pid: str) -> tuple[float, float]:
+        cols, cell_w, cell_h = grids[pid]
+        n = len(children[pid])
+        used = min(cols, n)
+        rows = math.ceil(n / cols)
+        return used * cell_w + (used - 1) * H_GAP, rows * cell_h + (rows - 1) * ROW_GAP
+
     depth: dict[str, int] = {}
     level_height: list[float] = []
+
+    def grow(d: int, h: float) -> None:
+        while len(level_height) <= d:
+            level_height.append(0.0)
+        level_height[d] = max(level_height[d], h)
+
     stack = [(s, 0) for s in children.get(None, [])]
     while stack:
         s, d = stack.pop()
         depth[s.id] = d
-        while len(level_height) <= d:
-            level_height.append(0.0)
-        level_height[d] = max(level_height[d], measured[s.id][1])
-        stack.extend((k, d + 1) for k in children.get(s.id, []))
+        grow(d, extent(s.id)[1])
+        if s.id in grids:
+            grow(d + 1, grid_size(s.id)[1])
+            for k in children[s.id]:
+                depth[k.id] = d + 1
+        else:
+            stack.extend((k, d + 1) for k in children.get(s.id, []))
 
-    # Relative x (centre) of each node from its parent's centre, and each subtree's contour.
+    # Each node's centre relative to its parent's (or, in a grid, its cell's place), and subtree contours.
     offset: dict[str, float] = {}
+    cell: dict[str, tuple[float, int]] = {}  # grid child -> (x offset of its cell centre from the parent, row)
 
     def place(root: NodeSpec) -> tuple[list[float], list[float]]:
         # Post-order without recursion (deep chains would exceed Python's recursion limit).
@@ -334,10 +370,19 @@ def layout(
         while work:
             n = work.pop()
             post.append(n)
-            work.extend(children.get(n.id, []))
+            if n.id not in grids:
+                work.extend(children.get(n.id, []))
         for n in reversed(post):
             half = measured[n.id][0] / 2
             kids = children.get(n.id, [])
+            if n.id in grids:
+                cols, cell_w, _ = grids[n.id]
+                gw = grid_size(n.id)[0]
+                for i, k in enumerate(kids):
+                    c, r = i % cols, i // cols
+                    cell[k.id] = (-gw / 2 + cell_w / 2 + c * (cell_w + H_GAP), r)
+                contours[n.id] = ([-half, -gw / 2 - H_GAP / 2], [half, gw / 2])  # the comb runs left of the grid
+                continue
             if not kids:
                 contours[n.id] = ([-half], [half])
                 continue
@@ -361,11 +406,18 @@ def layout(
     root_contours = [place(r) for r in roots]
     root_centres = _pack(root_contours) if roots else []
     xs: dict[str, float] = {}
+    rows_of: dict[str, int] = {}
     work2 = list(zip(roots, root_centres, strict=True))
     while work2:
         n, x = work2.pop()
         xs[n.id] = x
-        work2.extend((k, x + offset[k.id]) for k in children.get(n.id, []))
+        if n.id in grids:
+            for k in children[n.id]:
+                dx, r = cell[k.id]
+                xs[k.id] = x + dx
+                rows_of[k.id] = r
+        else:
+            work2.extend((k, x + offset[k.id]) for k in children.get(n.id, []))
     min_x = min((xs[i] - measured[i][0] / 2 for i in xs), default=0.0)
     max_x = max((xs[i] + measured[i][0] / 2 for i in xs), default=0.0)
     shift = MARGIN - min_x
@@ -383,7 +435,9 @@ def layout(
         w, h, rows = measured[s.id]
         d = depth[s.id]
         bx = xs[s.id] + shift - w / 2
-        by = tops[d] + (level_height[d] - h) / 2
+        by = tops[d]
+        if s.id in rows_of:  # a cell of a grid: rows of equal height under the level's top
+            by += rows_of[s.id] * (grids[s.parent][2] + ROW_GAP)  # type: ignore[index]
         spans = [Span(t, st, round(bx + PAD_X + dx, 2), round(by + dy, 2)) for parts, dy in rows for t, st, dx in parts]
         box = Box(
             id=s.id,
@@ -405,7 +459,7 @@ def layout(
     for b in boxes:
         if b.parent is not None:
             p = by_id[b.parent]
-            edges.append(_edge(p, b))
+            edges.append(_comb(p, b, tops[b.depth]) if b.id in rows_of else _edge(p, b))
     width = (max_x - min_x + 2 * MARGIN) if boxes else 2 * MARGIN
     return Layout(round(width, 2), round(height, 2), boxes, edges, len(all_specs), bool(summaries), by_id)
 
@@ -413,17 +467,33 @@ def layout(
 ARROW = 7.0  # length of an arrow head (px)
 
 
-def _edge(parent: Box, child: Box) -> Edge:
-    """The edge from ``parent`` to ``child``, its arrow head's tip on the child's top edge."""
-    x1, y1, tx, ty = parent.centre, parent.y + parent.height, child.centre, child.y
-    dx, dy = tx - x1, ty - y1
-    norm = max((dx * dx + dy * dy) ** 0.5, 1e-9)
-    ux, uy = dx / norm, dy / norm
+def _head(tx: float, ty: float, ux: float, uy: float) -> tuple[tuple[float, float], list[tuple[float, float]]]:
+    """An arrow head with its tip at (tx, ty) pointing along the unit vector (ux, uy): its base centre and triangle."""
     bx, by = tx - ux * ARROW, ty - uy * ARROW
     half = ARROW * 0.45
     head = [(round(tx, 2), round(ty, 2)), (round(bx - uy * half, 2), round(by + ux * half, 2))]
     head.append((round(bx + uy * half, 2), round(by - ux * half, 2)))
-    return Edge(parent.id, child.id, round(x1, 2), round(y1, 2), round(bx, 2), round(by, 2), head)
+    return (round(bx, 2), round(by, 2)), head
+
+
+def _edge(parent: Box, child: Box) -> Edge:
+    """The straight edge from ``parent``'s bottom centre to ``child``'s top centre."""
+    x1, y1, tx, ty = parent.centre, parent.y + parent.height, child.centre, child.y
+    dx, dy = tx - x1, ty - y1
+    norm = max((dx * dx + dy * dy) ** 0.5, 1e-9)
+    base, head = _head(tx, ty, dx / norm, dy / norm)
+    return Edge(parent.id, child.id, [(round(x1, 2), round(y1, 2)), base], head)
+
+
+def _comb(parent: Box, child: Box, grid_top: float) -> Edge:
+    """The edge to a cell of a grid: down from the parent to a bus above the grid, along it to the
+    gap left of the cell's column, down that gap, and right into the cell's title row."""
+    x1, y1 = round(parent.centre, 2), round(parent.y + parent.height, 2)
+    bus = round(grid_top - V_GAP / 2, 2)
+    gap_x = round(child.x - H_GAP / 2, 2)
+    ty = round(child.y + min(12.0, child.height / 2), 2)
+    base, head = _head(child.x, ty, 1.0, 0.0)
+    return Edge(parent.id, child.id, [(x1, y1), (x1, bus), (gap_x, bus), (gap_x, ty), base], head)
 
 
 def _pack(subs: Sequence[tuple[list[float], list[float]]]) -> list[float]:

@@ -36,9 +36,10 @@ def to_svg(lay: Layout) -> str:
     ]
     for e in lay.edges:
         head = " ".join(f"{_n(x)},{_n(y)}" for x, y in e.head)
+        line = " ".join(f"{_n(x)},{_n(y)}" for x, y in e.points)
         out.append(
             f'<g class="edge" data-parent="{escape(e.parent)}" data-child="{escape(e.child)}">'
-            f'<line x1="{_n(e.x1)}" y1="{_n(e.y1)}" x2="{_n(e.x2)}" y2="{_n(e.y2)}" stroke="{EDGE_COLOUR}" '
+            f'<polyline points="{line}" fill="none" stroke="{EDGE_COLOUR}" '
             f'stroke-width="{_n(EDGE_WIDTH)}"/><polygon points="{head}" fill="{EDGE_COLOUR}"/></g>'
         )
     out.append("</g>")
@@ -103,7 +104,8 @@ def to_file(lay: Layout, path: str, fmt: str, dpi: float = 144.0) -> None:
     ax.set_ylim(max(lay.height, 1), 0)
     ax.set_axis_off()
     for e in lay.edges:
-        ax.plot([e.x1, e.x2], [e.y1, e.y2], color=EDGE_COLOUR, linewidth=EDGE_WIDTH * _PT, solid_capstyle="butt")
+        xs, ys = zip(*e.points, strict=True)
+        ax.plot(xs, ys, color=EDGE_COLOUR, linewidth=EDGE_WIDTH * _PT, solid_capstyle="butt", solid_joinstyle="miter")
         ax.add_patch(Polygon(e.head, closed=True, facecolor=EDGE_COLOUR, edgecolor="none"))
     for b in lay.boxes:
         fill, border = STATUS_COLOURS[b.status]
