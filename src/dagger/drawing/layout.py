@@ -79,6 +79,7 @@ V_GAP = 36.0  # vertical space between levels
 MARGIN = 10.0  # space around the picture
 WRAP = 300.0  # widest text line (px) before a line of comma-separated items wraps
 RADIUS = 8.0  # corner radius of the boxes
+FIT = 1.06  # room for text beyond its estimated width (renderers snap glyphs to pixels: a few % either way)
 ROW_GAP = 12.0  # vertical space between the rows of a grid of leaves
 
 
@@ -235,7 +236,7 @@ def _measure(spec: NodeSpec) -> tuple[float, float, list[tuple[list[tuple[str, s
             width = max(width, text_width(piece, style))
             y += _line_height(style) - float(STYLES[style]["size"])
     height = y - LINE_GAP + PAD_Y + 3.0  # room for descenders under the last baseline
-    return width + 2 * PAD_X, height, rows
+    return width * FIT + 2 * PAD_X, height, rows
 
 
 def select(
@@ -418,7 +419,7 @@ def layout(
                 rows_of[k.id] = r
         else:
             work2.extend((k, x + offset[k.id]) for k in children.get(n.id, []))
-    min_x = min((xs[i] - measured[i][0] / 2 for i in xs), default=0.0)
+    min_x = min((xs[i] - measured[i][0] / 2 - (H_GAP / 2 if i in rows_of else 0.0) for i in xs), default=0.0)
     max_x = max((xs[i] + measured[i][0] / 2 for i in xs), default=0.0)
     shift = MARGIN - min_x
 
@@ -459,7 +460,12 @@ def layout(
     for b in boxes:
         if b.parent is not None:
             p = by_id[b.parent]
-            edges.append(_comb(p, b, tops[b.depth]) if b.id in rows_of else _edge(p, b))
+            bottom = tops[p.depth] + level_height[p.depth]  # below every box of the parent's level
+            if b.id in rows_of:  # the comb runs in the gap left of the cell's column (cells may be narrower)
+                slot_left = xs[b.id] + shift - grids[p.id][1] / 2
+                edges.append(_comb(p, b, tops[b.depth], slot_left))
+            else:
+                edges.append(_edge(p, b, bottom))
     width = (max_x - min_x + 2 * MARGIN) if boxes else 2 * MARGIN
     return Layout(round(width, 2), round(height, 2), boxes, edges, len(all_specs), bool(summaries), by_id)
 
@@ -476,21 +482,25 @@ def _head(tx: float, ty: float, ux: float, uy: float) -> tuple[tuple[float, floa
     return (round(bx, 2), round(by, 2)), head
 
 
-def _edge(parent: Box, child: Box) -> Edge:
-    """The straight edge from ``parent``'s bottom centre to ``child``'s top centre."""
-    x1, y1, tx, ty = parent.centre, parent.y + parent.height, child.centre, child.y
+def _edge(parent: Box, child: Box, level_bottom: float) -> Edge:
+    """The edge from ``parent``'s bottom centre to ``child``'s top centre: straight down to the bottom of
+    the parent's level (past taller neighbours), then straight across the gap between the levels."""
+    x1, y0, y1, tx, ty = parent.centre, parent.y + parent.height, level_bottom, child.centre, child.y
     dx, dy = tx - x1, ty - y1
     norm = max((dx * dx + dy * dy) ** 0.5, 1e-9)
     base, head = _head(tx, ty, dx / norm, dy / norm)
-    return Edge(parent.id, child.id, [(round(x1, 2), round(y1, 2)), base], head)
+    points = [(round(x1, 2), round(y0, 2))]
+    if y1 > y0 + 0.01:
+        points.append((round(x1, 2), round(y1, 2)))
+    return Edge(parent.id, child.id, [*points, base], head)
 
 
-def _comb(parent: Box, child: Box, grid_top: float) -> Edge:
+def _comb(parent: Box, child: Box, grid_top: float, slot_left: float) -> Edge:
     """The edge to a cell of a grid: down from the parent to a bus above the grid, along it to the
     gap left of the cell's column, down that gap, and right into the cell's title row."""
     x1, y1 = round(parent.centre, 2), round(parent.y + parent.height, 2)
     bus = round(grid_top - V_GAP / 2, 2)
-    gap_x = round(child.x - H_GAP / 2, 2)
+    gap_x = round(slot_left - H_GAP / 2, 2)
     ty = round(child.y + min(12.0, child.height / 2), 2)
     base, head = _head(child.x, ty, 1.0, 0.0)
     return Edge(parent.id, child.id, [(x1, y1), (x1, bus), (gap_x, bus), (gap_x, ty), base], head)
