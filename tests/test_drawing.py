@@ -129,7 +129,9 @@ def test_layout_packs_subtrees_and_grids_sweeps():
     a, b = lay.by_id["a1"], lay.by_id["b1"]
     assert abs((b.x - (a.x + a.width)) - H_GAP) < 0.05
     # A parent of many leaves shows them in rows (a grid), not one long row.
-    sweep = [NodeSpec("r", None, "root")] + [NodeSpec(f"s{i}", "r", "Seed", lines=(("props", f"seed={i}"),)) for i in range(50)]
+    sweep = [NodeSpec("r", None, "root")] + [
+        NodeSpec(f"s{i}", "r", "Seed", lines=(("props", f"seed={i}"),)) for i in range(50)
+    ]
     lay = layout(sweep)
     check_layout(sweep, lay)
     rows = {b.y for b in lay.boxes if b.parent}
@@ -138,17 +140,28 @@ def test_layout_packs_subtrees_and_grids_sweeps():
 
 def test_text_width_matches_matplotlib_rendering():
     """The layout's width table is the font the renderers use: estimates agree with matplotlib's own measure."""
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(dpi=144)  # the PNG's resolution
     canvas = FigureCanvasAgg(fig)
     renderer = canvas.get_renderer()
     for style in ("title", "props"):
-        for text in ["TrainRecipe", "pruning_technique=lowest_magnitude,", "lr:0.1 · pruned · rewound", "WWW iii 0.9812"]:
+        for text in [
+            "TrainRecipe",
+            "pruning_technique=lowest_magnitude,",
+            "lr:0.1 · pruned · rewound",
+            "WWW iii 0.9812",
+        ]:
             spec = STYLES[style]
-            t = fig.text(0, 0, text, fontsize=spec["size"] * 72 / 96, family="DejaVu Sans",
-                         fontweight="bold" if spec["bold"] else "normal")
+            t = fig.text(
+                0,
+                0,
+                text,
+                fontsize=spec["size"] * 72 / 96,
+                family="DejaVu Sans",
+                fontweight="bold" if spec["bold"] else "normal",
+            )
             measured = t.get_window_extent(renderer).width * 96 / fig.dpi
             estimate = text_width(text, style)
             assert abs(estimate - measured) <= 0.05 * measured + 1, (style, text, measured)
@@ -180,7 +193,7 @@ def test_svg_is_well_formed_and_escapes_labels(tmp_path):
     directory = str(tmp_path / "exp")
     exp = dg.Experiment(directory, state_class=Tagged)
     root = exp.spawn_new_tree(name="a<b>&c")
-    with exp.tag('<&>"\''):
+    with exp.tag("<&>\"'"):
         leaf = Note(text="x < y & z > w")(root)
     exp.run()
     graph = dg.Experiment.restore(directory).graph
@@ -189,7 +202,7 @@ def test_svg_is_well_formed_and_escapes_labels(tmp_path):
     svg = path.read_text(encoding="utf-8")
     tree = ElementTree.fromstring(svg.encode())  # raises on anything not well-formed
     texts = ["".join(t.itertext()) for t in tree.iter(f"{SVG}text")]
-    assert '<&>"\'' in texts and "text=x < y & z > w" in texts and "name=a<b>&c" in texts
+    assert "<&>\"'" in texts and "text=x < y & z > w" in texts and "name=a<b>&c" in texts
     assert root.sha()[:8] in texts and leaf.sha()[:8] in texts
     assert "&lt;&amp;&gt;" in svg  # escaped in the file, restored by the parser
     nodes = {g.get("data-sha"): g for g in tree.iter(f"{SVG}g") if g.get("class") == "node"}
@@ -258,11 +271,21 @@ def test_large_tree_is_summarised(paper):
 def _sweep_specs(parents: int, leaves: int) -> list[NodeSpec]:
     specs = [NodeSpec("r", None, "root", "0" * 8, "root", (("props", "dataset_name=digits, model_name=mlp"),))]
     for i in range(parents):
-        specs.append(NodeSpec(f"p{i}", "r", "TrainRecipe", f"{i:08x}", lines=(("props", f"nb_epochs=20, lr={i / 100}"),)))
+        specs.append(
+            NodeSpec(f"p{i}", "r", "TrainRecipe", f"{i:08x}", lines=(("props", f"nb_epochs=20, lr={i / 100}"),))
+        )
         specs += [
-            NodeSpec(f"p{i}.{j}", f"p{i}", "PruneRecipe", f"{i:04x}{j:04x}",
-                     lines=(("props", f"pruning_fraction={j / 100}"), ("tags", f"lr:{i} · seed:{j}"),
-                            ("results", "accuracy=0.9812")))
+            NodeSpec(
+                f"p{i}.{j}",
+                f"p{i}",
+                "PruneRecipe",
+                f"{i:04x}{j:04x}",
+                lines=(
+                    ("props", f"pruning_fraction={j / 100}"),
+                    ("tags", f"lr:{i} · seed:{j}"),
+                    ("results", "accuracy=0.9812"),
+                ),
+            )
             for j in range(leaves)
         ]
     return specs
@@ -340,11 +363,11 @@ import sys
 sys.modules["matplotlib"] = None  # as if the plot extra were not installed
 import dagger as dg
 from paperdefs import listing2
-listing2({str(tmp_path / 'exp')!r})
-graph = dg.Experiment.restore({str(tmp_path / 'exp')!r}).graph
-graph.draw({str(tmp_path / 't.svg')!r})
+listing2({str(tmp_path / "exp")!r})
+graph = dg.Experiment.restore({str(tmp_path / "exp")!r}).graph
+graph.draw({str(tmp_path / "t.svg")!r})
 try:
-    graph.draw({str(tmp_path / 't.png')!r})
+    graph.draw({str(tmp_path / "t.png")!r})
 except ImportError as exc:
     print("ERROR:", exc)
 """
@@ -366,8 +389,8 @@ import sys
 sys.modules["graphviz"] = None
 import dagger as dg
 from paperdefs import listing2
-listing2({str(tmp_path / 'exp')!r})
-graph = dg.Experiment.restore({str(tmp_path / 'exp')!r}).graph
+listing2({str(tmp_path / "exp")!r})
+graph = dg.Experiment.restore({str(tmp_path / "exp")!r}).graph
 print("EDGES:", graph.to_dot().count("->"))
 try:
     graph.to_graphviz()
@@ -377,7 +400,10 @@ except ImportError as exc:
     done = _python(code)
     assert done.returncode == 0, done.stderr
     assert "EDGES: 4" in done.stdout.splitlines()
-    assert "ERROR: to_graphviz() needs the graphviz Python package: pip install 'dagger-experiments[graphviz]'" in done.stdout
+    assert (
+        "ERROR: to_graphviz() needs the graphviz Python package: pip install 'dagger-experiments[graphviz]'"
+        in done.stdout
+    )
 
 
 def _path_without_dot() -> str:
@@ -394,7 +420,10 @@ def test_the_demo_draws_its_tree_with_no_dot_on_path(tmp_path):
     env = {**os.environ, "PATH": path, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "pruning" / "study.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     svg = (out / "tree.svg").read_text(encoding="utf-8")

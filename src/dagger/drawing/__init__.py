@@ -226,13 +226,13 @@ NODE_ATTR = {"shape": "plain", "fontname": "Helvetica", "fontsize": "10"}
 EDGE_ATTR = {"color": "#7a7a7a", "arrowsize": "0.7"}
 
 
-def dot_items(specs: list[NodeSpec]) -> Iterator[tuple[str, str] | tuple[str, str, str]]:
+def dot_items(specs: list[NodeSpec]) -> Iterator[tuple[str, str, str]]:
     """The DOT nodes ``("node", id, label)`` and edges ``("edge", parent, child)`` of a tree."""
     ids = {s.id for s in specs}
     for s in specs:
         yield ("node", s.id[:12], dot_label(s))
     for s in specs:
-        if s.parent in ids:
+        if s.parent is not None and s.parent in ids:
             yield ("edge", s.parent[:12], s.id[:12])
 
 

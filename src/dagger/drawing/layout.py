@@ -297,9 +297,7 @@ def select(
     return kept + extra, summaries
 
 
-def layout(
-    specs: Iterable[NodeSpec], max_states: int = 500, max_children: int = 8, grid_after: int = 8
-) -> Layout:
+def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int = 8, grid_after: int = 8) -> Layout:
     """Place the tree described by ``specs`` (parents may come after children; unknown parents make roots).
 
     A state with more than ``grid_after`` children, all of them leaves, shows
@@ -380,8 +378,8 @@ def layout(
                 cols, cell_w, _ = grids[n.id]
                 gw = grid_size(n.id)[0]
                 for i, k in enumerate(kids):
-                    c, r = i % cols, i // cols
-                    cell[k.id] = (-gw / 2 + cell_w / 2 + c * (cell_w + H_GAP), r)
+                    col, row = i % cols, i // cols
+                    cell[k.id] = (-gw / 2 + cell_w / 2 + col * (cell_w + H_GAP), row)
                 contours[n.id] = ([-half, -gw / 2 - H_GAP / 2], [half, gw / 2])  # the comb runs left of the grid
                 continue
             if not kids:
@@ -514,7 +512,7 @@ def _pack(subs: Sequence[tuple[list[float], list[float]]]) -> list[float]:
     does their mean (the constraints are linear).
     """
     forward = _pack_one(subs)
-    mirrored = [([-r for r in right], [-l for l in left]) for left, right in reversed(subs)]
+    mirrored = [([-r for r in right], [-lo for lo in left]) for left, right in reversed(subs)]
     backward = [-c for c in reversed(_pack_one(mirrored))]
     shift = forward[0] - backward[0]
     return [(f + b + shift) / 2 for f, b in zip(forward, backward, strict=True)]
@@ -528,7 +526,7 @@ def _pack_one(subs: Sequence[tuple[list[float], list[float]]]) -> list[float]:
         if not centres:
             c = 0.0
         else:
-            c = max(r - l + H_GAP for r, l in zip(right, left_c, strict=False))
+            c = max(r - lo + H_GAP for r, lo in zip(right, left_c, strict=False))
             c = max(c, centres[-1])
         centres.append(c)
         for i, r in enumerate(right_c):

@@ -31,7 +31,7 @@ def to_svg(lay: Layout) -> str:
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(lay.width)}" height="{_n(lay.height)}" '
         f'viewBox="0 0 {_n(lay.width)} {_n(lay.height)}" font-family="{escape(_SVG_FONTS)}">',
-        f'<rect width="100%" height="100%" fill="#ffffff"/>',
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
         '<g class="edges">',
     ]
     for e in lay.edges:
