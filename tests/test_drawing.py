@@ -432,3 +432,15 @@ def test_the_demo_draws_its_tree_with_no_dot_on_path(tmp_path):
     graph = dg.Experiment.restore(str(out)).graph
     assert {g.get("data-sha") for g in boxes} == {n.sha() for n in graph}
     assert (out / "tree.png").read_bytes()[:8] == PNG_MAGIC and (out / "curve.png").exists()
+
+
+def test_a_deep_chain_is_a_straight_column():
+    """A chain deeper than Python's recursion limit: laid out (no recursion), one state per level, straight down."""
+    specs = [NodeSpec("c0", None, "root")] + [NodeSpec(f"c{i}", f"c{i - 1}", "Step") for i in range(1, 3000)]
+    lay = layout(specs, max_states=5000)
+    assert not lay.summarised and [b.depth for b in lay.boxes] == list(range(3000))
+    centres = [b.centre for b in lay.boxes]
+    assert max(centres) - min(centres) < 0.02
+    assert all(a.y + a.height < b.y for a, b in zip(lay.boxes, lay.boxes[1:], strict=False))
+    summarised = layout(specs)  # past max_states: the tail becomes one box
+    assert summarised.summarised and summarised.boxes[-1].summary and len(summarised.boxes[-1].states) == 2500

@@ -362,6 +362,11 @@ def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int =
     cell: dict[str, tuple[float, int]] = {}  # grid child -> (x offset of its cell centre from the parent, row)
 
     def place(root: NodeSpec) -> tuple[list[float], list[float]]:
+        """The subtree's contour (leftmost and rightmost extent per level, top first), placing its nodes.
+
+        Contours are kept bottom level first while they are built, so a state with one child
+        extends its child's contour in place: a long chain costs linear time, not quadratic.
+        """
         # Post-order without recursion (deep chains would exceed Python's recursion limit).
         contours: dict[str, tuple[list[float], list[float]]] = {}
         post: list[NodeSpec] = []
@@ -380,12 +385,19 @@ def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int =
                 for i, k in enumerate(kids):
                     col, row = i % cols, i // cols
                     cell[k.id] = (-gw / 2 + cell_w / 2 + col * (cell_w + H_GAP), row)
-                contours[n.id] = ([-half, -gw / 2 - H_GAP / 2], [half, gw / 2])  # the comb runs left of the grid
+                contours[n.id] = ([-gw / 2 - H_GAP / 2, -half], [gw / 2, half])  # the comb runs left of the grid
                 continue
             if not kids:
                 contours[n.id] = ([-half], [half])
                 continue
-            subs = [contours.pop(k.id) for k in kids]
+            if len(kids) == 1:  # centred over its only child: the child's contour, one level higher
+                kl, kr = contours.pop(kids[0].id)
+                offset[kids[0].id] = 0.0
+                kl.append(-half)
+                kr.append(half)
+                contours[n.id] = (kl, kr)
+                continue
+            subs = [(kl[::-1], kr[::-1]) for kl, kr in (contours.pop(k.id) for k in kids)]
             centres = _pack(subs)
             mid = (centres[0] + centres[-1]) / 2
             left, right = [-half], [half]
@@ -398,8 +410,9 @@ def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int =
                     else:
                         left.append(a + c - mid)
                         right.append(b + c - mid)
-            contours[n.id] = (left, right)
-        return contours[root.id]
+            contours[n.id] = (left[::-1], right[::-1])
+        left, right = contours[root.id]
+        return left[::-1], right[::-1]
 
     roots = children.get(None, [])
     root_contours = [place(r) for r in roots]
