@@ -11,7 +11,11 @@ its own, sibling subtrees are packed side by side as close as their contours
 (the leftmost and rightmost extent on every level) allow, and each parent is
 centred over the span of its children. Packing from the left and from the right
 and taking the mean spreads small subtrees evenly between large ones; both
-packings keep every pair of siblings apart, so their mean does too.
+packings keep every pair of siblings apart, so their mean does too. Each depth
+is one level, its boxes aligned at the top. A state with many children that are
+all leaves (a sweep) shows them as a grid under it, reached by a comb of edges,
+so a sweep of hundreds of states stays about as wide as it is tall. No edge
+crosses a box.
 
 Boxes are sized to their text from the advance widths of DejaVu Sans (the font
 matplotlib ships and the SVG asks for first), so text fits in every format.
@@ -274,7 +278,6 @@ def select(
     extra: list[NodeSpec] = []
     queue: deque[NodeSpec] = deque(children.get(None, ()))
     budget = max_states - len(queue)
-    kept_ids = {s.id for s in queue}
     while queue:
         node = queue.popleft()
         kept.append(node)
@@ -285,9 +288,7 @@ def select(
         chosen = kids[:room] if room < len(kids) else kids
         rest = kids[len(chosen) :]
         budget -= len(chosen)
-        for k in chosen:
-            kept_ids.add(k.id)
-            queue.append(k)
+        queue.extend(chosen)
         if rest:
             hidden = [i for k in rest for i in subtree(k)]
             budget -= 1
@@ -326,10 +327,6 @@ def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int =
             cell_h = max(measured[k.id][1] for k in kids)
             grids[pid] = (cols, cell_w, cell_h)
 
-    def extent(node_id: str) -> tuple[float, float]:
-        """What a node takes on its level: its box, or for the head of a grid, the whole grid."""
-        return measured[node_id][0], measured[node_id][1]
-
     def grid_size(pid: str) -> tuple[float, float]:
         cols, cell_w, cell_h = grids[pid]
         n = len(children[pid])
@@ -349,7 +346,7 @@ def layout(specs: Iterable[NodeSpec], max_states: int = 500, max_children: int =
     while stack:
         s, d = stack.pop()
         depth[s.id] = d
-        grow(d, extent(s.id)[1])
+        grow(d, measured[s.id][1])
         if s.id in grids:
             grow(d + 1, grid_size(s.id)[1])
             for k in children[s.id]:
