@@ -14,6 +14,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import paperdefs
 import pytest
@@ -294,6 +295,9 @@ def test_draw_svg_png_pdf(built, tmp_path):
     assert "<svg" in text and all(n.sha()[:8] in text for n in graph)
     assert "accuracy=0.8667" in text and "lr:0.1 · pruned" in text
     assert text.count('stroke-width="3"') == 2  # the two highlighted (pruned) states get a thick border
+    boxes = ElementTree.fromstring(text).iter("{http://www.w3.org/2000/svg}g")
+    thick = {g.get("data-sha") for g in boxes if g.find("{http://www.w3.org/2000/svg}rect[@stroke-width='3']") is not None}
+    assert thick == {n.sha() for n in graph.nodes.filter("pruned")}
     png, pdf = tmp_path / "t.png", tmp_path / "t.pdf"
     assert invoke("draw", built, "--output", png).exit_code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

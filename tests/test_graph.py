@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from xml.etree import ElementTree
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,8 @@ from paperdefs import listing2
 
 import dagger as dg
 from dagger.graph import NodeSet, StaticExperimentTree
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,10 @@ def test_draw_svg_has_every_short_hash(graph, tmp_path):
     shown = set(re.findall(r"\b[0-9a-f]{8}\b", svg))
     assert {n.sha()[:8] for n in graph.nodes} <= shown
     assert "TrainRecipe" in svg and "PruneRecipe" in svg and "accuracy" in svg
-    assert svg.count('<g id="edge') == 4
+    tree = ElementTree.fromstring(svg)  # well-formed XML
+    edges = {(e.get("data-parent"), e.get("data-child")) for e in tree.iter(f"{SVG}g") if e.get("class") == "edge"}
+    assert edges == {(n.parent.sha(), n.sha()) for n in graph.nodes if n.parent is not None}
+    assert {e.get("data-sha") for e in tree.iter(f"{SVG}g") if e.get("class") == "node"} == {n.sha() for n in graph}
 
 
 def test_draw_png_pdf_and_errors(graph, tmp_path):
@@ -172,11 +178,16 @@ def test_draw_png_pdf_and_errors(graph, tmp_path):
     assert pdf.read_bytes()[:5] == b"%PDF-"
     with pytest.raises(ValueError, match="svg, png or pdf"):
         graph.draw(str(tmp_path / "tree.gif"))
-    dot = graph.draw()
-    assert dot.source.count("->") == 4
-    assert "<svg" in graph._repr_svg_()
-    highlighted = graph.to_graphviz(result="accuracy", highlight=[graph.root]).source
-    assert 'BORDER="3"' in highlighted
+    drawing = graph.draw()  # no filename: an object Jupyter displays
+    assert drawing._repr_svg_() == graph._repr_svg_() and drawing.svg.count('class="edge"') == 4
+    dot = graph.to_dot()
+    assert dot.startswith("digraph experiment {") and dot.count("->") == 4
+    assert all(f'"{n.sha()[:12]}" [label=<' in dot for n in graph)
+    highlighted = graph.to_dot(result="accuracy", highlight=[graph.root])
+    assert highlighted.count('BORDER="3"') == 1 and "accuracy=" in highlighted
+    # The graphviz package (no binary) builds the same source, for users who export to Graphviz.
+    exported = graph.to_graphviz(result="accuracy", highlight=[graph.root]).source
+    assert exported.count("->") == 4 and exported.count('BORDER="3"') == 1
 
 
 @dg.Function
@@ -199,7 +210,8 @@ def test_scalar_function_results_in_tables_text_and_pictures(exp_dir):
     (row,) = [r for r in g.nodes.to_records() if r["sha"] == s.sha()]
     assert row["plain_score"] == value
     assert f"plain_score={value:.4g}" in g.to_text()
-    assert f"plain_score={value:.4g}" in g.to_graphviz().source
+    assert f"plain_score={value:.4g}" in g.to_dot()
+    assert f"plain_score={value:.4g}" in g.draw().svg
 
 
 def test_a_recipe_applied_twice_keeps_both_steps_in_tables(exp_dir):

@@ -1,5 +1,7 @@
 """The paper's Listings 1-3 run unchanged."""
 
+from xml.etree import ElementTree
+
 from paperdefs import listing2
 
 import dagger as dg
@@ -13,9 +15,11 @@ def test_listings_1_to_3(exp_dir, tmp_path):
     exp = Experiment.restore(exp_dir, slim=True)
     svg = tmp_path / "tree.svg"
     exp.graph.draw(str(svg))
-    text = svg.read_text()
-    for node in exp.graph.nodes:
-        assert node.sha()[:8] in text
+    tree = ElementTree.fromstring(svg.read_text())  # dagger's own SVG: well-formed, one box per state
+    boxes = {g.get("data-sha"): g for g in tree.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"}
+    assert set(boxes) == {node.sha() for node in exp.graph.nodes}
+    for sha, box in boxes.items():
+        assert sha[:8] in ["".join(t.itertext()) for t in box]
     s = exp.graph.nodes.filter("pruned") & exp.graph.nodes.filter("lr:0.1")
     assert len(s) == 1
     state = s[0].restore()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -214,6 +215,8 @@ def test_tree_pictures_show_every_state(first):
     for node in exp.graph.nodes:
         assert node.sha()[:7] in svg
     assert "rewound" in svg and "lr:0.1" in svg and "accuracy" in svg
+    boxes = [g for g in ElementTree.fromstring(svg).iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"]
+    assert sorted(g.get("data-sha") for g in boxes) == sorted(n.sha() for n in exp.graph)  # every state, once
     curve = (out / "curve.png").read_bytes()  # the pruning curve, from slim records
     assert curve.startswith(b"\x89PNG\r\n\x1a\n") and len(curve) > 10_000
 

@@ -7,7 +7,7 @@ state's :meth:`~dagger.state.ExperimentState.restore` is called.
 from __future__ import annotations
 
 import fnmatch
-import html
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
@@ -377,8 +377,18 @@ class StaticExperimentTree:
 
     # ---- pictures -------------------------------------------------------------------
 
+    def to_dot(self, result: str | None = None, highlight: Iterable[ExperimentState] = ()) -> str:
+        """The tree as Graphviz DOT source (a string: needs neither Graphviz nor its Python package).
+
+        An export for Graphviz users; dagger draws its pictures itself (:meth:`draw`).
+        """
+        from dagger.drawing import node_specs, to_dot
+
+        self._decode_all()
+        return to_dot(node_specs(self._nodes.values(), result, highlight))
+
     def to_graphviz(self, result: str | None = None, highlight: Iterable[ExperimentState] = ()) -> Any:
-        """The tree as a ``graphviz.Digraph`` (needs the ``graphviz`` extra).
+        """The tree as a ``graphviz.Digraph``, for export (needs the ``graphviz`` extra; :meth:`draw` does not).
 
         Each state shows its recipe and properties, short hash, tags and
         recorded results (or only ``result``, e.g. ``"accuracy"``).
@@ -387,117 +397,62 @@ class StaticExperimentTree:
             import graphviz
         except ImportError:
             raise ImportError(
-                "drawing needs the graphviz Python package and Graphviz itself: "
-                "pip install 'dagger-experiments[graphviz]' and apt-get install graphviz (or brew install graphviz)"
+                "to_graphviz() needs the graphviz Python package: pip install 'dagger-experiments[graphviz]' "
+                "(to_dot() gives the DOT source without it, and draw() needs no Graphviz at all)"
             ) from None
-        marked = {n.sha() for n in highlight}
+        from dagger.drawing import EDGE_ATTR, GRAPH_ATTR, NODE_ATTR, dot_items, node_specs
+
         self._decode_all()
-        dot = graphviz.Digraph("experiment", graph_attr={"rankdir": "TB", "nodesep": "0.3", "ranksep": "0.45"})
-        dot.attr("node", shape="plain", fontname="Helvetica", fontsize="10")
-        dot.attr("edge", color="#7a7a7a", arrowsize="0.7")
-        for sha, node in self._nodes.items():
-            dot.node(sha[:12], _label(node, result, sha in marked))
-        for parent, kids in self._children.items():
-            if parent in self._nodes:
-                for kid in kids:
-                    dot.edge(parent[:12], kid[:12])
+        dot = graphviz.Digraph("experiment", graph_attr=GRAPH_ATTR, node_attr=NODE_ATTR, edge_attr=EDGE_ATTR)
+        for item in dot_items(node_specs(self._nodes.values(), result, highlight)):
+            if item[0] == "node":
+                dot.node(item[1], item[2])
+            else:
+                dot.edge(item[1], item[2])
         return dot
 
     def draw(
         self,
-        filename: str | None = None,
+        filename: str | os.PathLike[str] | None = None,
         format: str | None = None,  # noqa: A002
         result: str | None = None,
         highlight: Iterable[ExperimentState] = (),
+        view: bool = False,
+        max_states: int = 500,
     ) -> Any:
-        """Render the tree. With ``filename``, write it (svg, png or pdf, from the suffix or ``format``).
+        """Draw the tree; no Graphviz needed. With ``filename``, write it and return its path.
 
-        States are coloured by status (root or done) and show
-        their tags and results, or only ``result`` (e.g. ``"accuracy"``);
-        ``highlight`` states get a thick border. Without a filename, return
-        the ``graphviz.Digraph``, which Jupyter displays inline.
+        The format is ``format`` or the file's suffix: svg (no dependency), png
+        or pdf (the ``plot`` extra, matplotlib). States are coloured by status
+        (root, done, failed, a Function failed) and show their recipe, short
+        hash, properties, tags and results, or only ``result`` (e.g.
+        ``"accuracy"``); ``highlight`` states get a thick border. Trees of more
+        than ``max_states`` states are summarised (``+N states`` boxes).
+        Without a filename, return a :class:`~dagger.drawing.Drawing`, which
+        Jupyter displays inline. ``view=True`` opens the file with the
+        platform's viewer, when there is one.
         """
-        dot = self.to_graphviz(result=result, highlight=highlight)
-        if filename is None:
-            return dot
-        fmt = format or (filename.rsplit(".", 1)[-1] if "." in filename else "svg")
-        if fmt not in ("svg", "png", "pdf"):
-            raise ValueError(f"cannot draw to format {fmt!r}: use svg, png or pdf")
-        if fmt == "png":
-            dot.graph_attr["dpi"] = "144"  # readable labels when the picture is shown at full width
-        data = dot.pipe(format=fmt)
-        with open(filename, "wb") as f:
-            f.write(data)
-        return filename
+        from dagger.drawing import draw
 
-    def _repr_svg_(self) -> str | None:
-        """The tree as SVG for Jupyter; None (text fallback) when Graphviz is not installed."""
-        try:
-            return self.to_graphviz().pipe(format="svg").decode()
-        except Exception:  # noqa: BLE001 - graphviz missing or `dot` not on PATH: show the text form
-            return None
+        self._decode_all()
+        return draw(self._nodes.values(), filename, format, result, highlight, view, max_states)
+
+    def _repr_svg_(self) -> str:
+        """The tree as SVG for Jupyter (dagger's own drawing: no Graphviz)."""
+        return self.draw().svg
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        """Jupyter's rich display: the SVG picture where Graphviz is available, and the text tree."""
-        bundle = {"text/plain": self.to_text() or repr(self)}
-        svg = self._repr_svg_()
-        if svg is not None:
-            bundle["image/svg+xml"] = svg
-        return bundle
+        """Jupyter's rich display: the SVG picture and the text tree."""
+        return {"text/plain": self.to_text() or repr(self), "image/svg+xml": self._repr_svg_()}
 
     def __repr__(self) -> str:
         return f"<StaticExperimentTree {len(self._nodes)} states>"
-
-
-_STATUS_COLOURS = {
-    "ok": ("#e8f4ea", "#4a8f5a"),
-    "root": ("#e6eef8", "#4a6f9f"),
-    "failed": ("#fbe9e7", "#c0392b"),
-    "function failed": ("#fdf2e0", "#d68910"),
-}
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _label(node: ExperimentState, result: str | None, marked: bool) -> str:
-    meta = node._meta()
-    recipe = meta.get("recipe")
-    status = "failed" if meta.get("status") == "failed" else ("root" if recipe is None else "ok")
-    if status == "ok" and meta.get("function_errors"):
-        status = "function failed"
-    fill, border = _STATUS_COLOURS[status]
-    esc = html.escape
-    rows = []
-    if recipe is None:
-        title = "root"
-        props = meta.get("properties") or {}
-    else:
-        title = recipe.get("name", "?")
-        props = recipe.get("properties") or {}
-    rows.append(f'<TR><TD ALIGN="LEFT"><B>{esc(title)}</B>  <FONT COLOR="#777777">{node.sha()[:8]}</FONT></TD></TR>')
-    if props:
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in props.items())
-        wrapped = _wrap(text).split("\n")
-        lines = '<BR ALIGN="LEFT"/>'.join(esc(line) for line in wrapped) + ('<BR ALIGN="LEFT"/>' if len(wrapped) > 1 else "")
-        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{lines}</FONT></TD></TR>')
-    tags = meta.get("tags") or []
-    if tags:
-        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9" COLOR="#8e44ad">{esc(" · ".join(tags))}</FONT></TD></TR>')
-    results = _flat_results(meta.get("results") or {})
-    if result is not None:
-        results = {k: v for k, v in results.items() if k == result or k.endswith("." + result)}
-    if results:
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in results.items())
-        rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9" COLOR="#1d6fa5">{esc(text)}</FONT></TD></TR>')
-    width = "3" if marked else "1"
-    return (
-        f'<<TABLE BORDER="{width}" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" STYLE="ROUNDED" '
-        f'BGCOLOR="{fill}" COLOR="{border}">{"".join(rows)}</TABLE>>'
-    )
 
 
 def _flat_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -528,17 +483,3 @@ def _text_label(node: ExperimentState, result: str | None) -> str:
     if results:
         parts.append(" ".join(f"{k}={_fmt(v)}" for k, v in results.items()))
     return "  ".join(parts)
-
-
-def _wrap(text: str, width: int = 42) -> str:
-    if len(text) <= width:
-        return text
-    out, line = [], ""
-    for part in text.split(", "):
-        if line and len(line) + len(part) + 2 > width:
-            out.append(line + ",")
-            line = part
-        else:
-            line = f"{line}, {part}" if line else part
-    out.append(line)
-    return "\n".join(out)

@@ -88,7 +88,10 @@ def test_browsing_never_unpickles(planted, tmp_path):
         assert len(graph.nodes.to_dataframe()) == len(shas)
         _ = (graph.root, graph.leaves(), graph.nodes_at_distance(1), graph.to_text(), graph.node(shas[0][:8]))
         graph.to_graphviz().source  # noqa: B018
+        assert graph.to_dot().count("->") == len(shas) - 1
         graph.draw(str(tmp_path / "tree.svg"))
+        graph.draw(str(tmp_path / "tree.png"))
+        assert graph._repr_mimebundle_()["image/svg+xml"].count('class="node"') == len(shas)
     assert not os.path.exists(marker)
 
 
