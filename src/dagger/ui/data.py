@@ -84,8 +84,13 @@ class Source:
             if version == self._version and self._data is not None:
                 return version, self._data
             self._refresh(names, failed)
-            self._data = build(self._metas, self.records, info=self.experiment.info, directory=self.directory,
-                               failed=list(self._failed.values()))
+            self._data = build(
+                self._metas,
+                self.records,
+                info=self.experiment.info,
+                directory=self.directory,
+                failed=list(self._failed.values()),
+            )
             self._data["version"] = version
             self._version = version
             return version, self._data
@@ -224,5 +229,4 @@ def from_graph(graph: StaticExperimentTree, result: str | None = None) -> dict[s
     """The explorer's data for an experiment's graph already in memory (``exp.graph``)."""
     graph._decode_all()
     metas = {n.sha(): n._meta() for n in graph}
-    return build(metas, graph.records, info=graph.info, directory=str(graph.records.store.url),
-                 result=result)
+    return build(metas, graph.records, info=graph.info, directory=str(graph.records.store.url), result=result)

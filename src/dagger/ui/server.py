@@ -16,6 +16,13 @@ from typing import Any, TextIO
 from dagger.ui.data import Source
 from dagger.ui.page import asset, served_html
 
+#: The tab's icon: three boxes of a tree.
+ICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><path d="M8 5v3M4 11V8h8v3" stroke="#4a6f9f" '
+    b'fill="none"/><rect x="5" y="1" width="6" height="4" rx="1" fill="#4a6f9f"/><rect x="1" y="11" width="6" '
+    b'height="4" rx="1" fill="#4a8f5a"/><rect x="9" y="11" width="6" height="4" rx="1" fill="#4a8f5a"/></svg>'
+)
+
 INSTALL_HINT = "pip install 'dagger-experiments[ui]'"
 
 
@@ -53,10 +60,14 @@ def make_app(source: Source) -> Any:
             return web.Response(status=304, headers={**headers, "ETag": etag})
         return web.Response(body=body, content_type="application/json", headers={**headers, "ETag": etag})
 
+    async def icon(request: Any) -> Any:
+        return web.Response(body=ICON, content_type="image/svg+xml", headers=headers)
+
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/app.js", script)
     app.router.add_get("/app.css", style)
+    app.router.add_get("/favicon.ico", icon)
     app.router.add_get("/api/version", version)
     app.router.add_get("/api/data", data)
     return app
