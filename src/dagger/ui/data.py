@@ -46,6 +46,7 @@ class Source:
         if local and not os.path.isdir(path):
             what = "is a file, not an experiment folder" if os.path.exists(path) else "does not exist"
             raise NotAnExperimentError(f"{directory} {what}")
+        self.given = directory  # as the user wrote it: the page shows this
         self.experiment = Experiment(directory, storage_options=storage_options or {})
         if self.experiment.info is None:
             raise NotAnExperimentError(
@@ -61,7 +62,8 @@ class Source:
 
     @property
     def directory(self) -> str:
-        return str(self.experiment.directory)
+        """The experiment's location as the user gave it (``runs/pruning``, ``s3://bucket/runs``)."""
+        return self.given
 
     def _listings(self) -> tuple[list[str], list[str]]:
         names = self.records._meta_names()

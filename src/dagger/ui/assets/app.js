@@ -128,7 +128,14 @@
 
   function updateCount() {
     var n = D.order.length;
-    $("count").textContent = matches ? matches.size + " of " + n + " states" : n + " states";
+    var text = matches ? matches.size + " of " + n + " states" : n + " states";
+    var failed = D.failed || [];
+    if (failed.length) text += ", " + failed.length + " failed at their last attempt";
+    $("count").textContent = text;
+    $("count").title = failed.map(function (f) {
+      return "failed " + String(f.sha || "?").slice(0, 10) + " " + (f.label || "?") + ": " + (f.error || "");
+    }).join("\n");
+    $("count").setAttribute("data-failed", String(failed.length));
   }
 
   // ---- colours -----------------------------------------------------------------------------------
@@ -304,11 +311,11 @@
   function fit() {
     var r = $("view").getBoundingClientRect();
     var w = D.layout.width || 1, hgt = D.layout.height || 1;
-    var k = Math.min(r.width / w, Math.max(r.height / hgt, 0.6), 1.1);
+    var k = Math.min((r.width - 20) / w, Math.max((r.height - 40) / hgt, 0.5), 1.1);
     k = Math.max(k, boxes.length > 2000 ? 0.15 : 0.05);
     view.k = k;
     view.x = Math.max((r.width - w * k) / 2, 10);
-    view.y = Math.max(Math.min((r.height - hgt * k) / 2, 20), 10);
+    view.y = Math.max(Math.min((r.height - hgt * k) / 2, 20), 8);
     schedule();
   }
 
@@ -692,7 +699,7 @@
     var g = $("plot"), x = $("plot-x").value, y = $("plot-y").value;
     g.textContent = "";
     var box = g.getBoundingClientRect();
-    var W = Math.max(box.width, 420), H = Math.max(box.height, 200), L = 62, R = 200, T = 16, B = 42;
+    var W = Math.max(box.width, 420), H = Math.max(box.height, 200), L = 62, R = 240, T = 16, B = 42;
     g.setAttribute("viewBox", "0 0 " + W + " " + H);
     var lines = x && y ? branches(x, y, $("plot-root").checked) : [];
     g.setAttribute("data-branches", String(lines.length));
@@ -732,7 +739,7 @@
       if (i < 16) {
         var ly = T + 8 + i * 16;
         g.appendChild(svg("line", { x1: W - R + 12, x2: W - R + 30, y1: ly, y2: ly, stroke: c, "stroke-width": 2 }));
-        g.appendChild(svg("text", { x: W - R + 35, y: ly + 4 }, l.label.length > 24 ? l.label.slice(0, 23) + "…" : l.label));
+        g.appendChild(svg("text", { x: W - R + 35, y: ly + 4 }, l.label.length > 32 ? l.label.slice(0, 31) + "…" : l.label));
       }
     });
   }
@@ -814,7 +821,7 @@
     $("table-highlight").addEventListener("change", renderTable);
     ["plot-x", "plot-y", "plot-root"].forEach(function (id) { $(id).addEventListener("change", renderPlot); });
     load(data, true);
-    window.dagger = { matchFilter: matchFilter, parseFilter: parseFilter, data: function () { return D; }, view: view, fit: fit, goto: goto };
+    window.dagger = { matchFilter: matchFilter, parseFilter: parseFilter, data: function () { return D; }, view: view, fit: fit, goto: goto, render: render };
     document.body.setAttribute("data-ready", "1");
     if (SERVED) setTimeout(poll, 1000);
   }
