@@ -564,3 +564,13 @@ def test_data_uses_the_drawing_layout(study):
     assert [(b["id"], b["x"], b["y"], b["width"]) for b in data["layout"]["boxes"]] == [
         (b["id"], b["x"], b["y"], b["width"]) for b in static["boxes"]
     ]
+
+
+def test_layout_data_is_the_layouts_own(study):
+    """The page's copy of the layout (built without deep copies) equals ``Layout.to_dict()``."""
+    _, exp = study
+    from dagger.drawing import layout, node_specs
+    from dagger.ui.data import layout_dict
+
+    for lay in (layout(node_specs(list(exp.graph))), layout(node_specs(list(exp.graph)), max_states=5)):
+        assert layout_dict(lay) == lay.to_dict()
