@@ -33,8 +33,14 @@ from _common import emit, in_fresh_process, scratch
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 CHROMIUM = os.environ.get("DAGGER_TEST_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 FILTERS = ("group:1*", "even & !group:2?", "group:3 | group:4", "nothing-matches", "*")
 
 
@@ -65,8 +71,10 @@ def _page_measures(url: str) -> dict:
         out["filter_ms"] = statistics.median(times)
         out["filter_max_ms"] = max(times)
         out["filter_hits"] = hits
-        page.evaluate("() => { const i = document.querySelector('input[data-filter]'); i.value = '';"
-                      " i.dispatchEvent(new Event('input')); }")
+        page.evaluate(
+            "() => { const i = document.querySelector('input[data-filter]'); i.value = '';"
+            " i.dispatchEvent(new Event('input')); }"
+        )
         out["pan_ms"] = page.evaluate(
             """() => { const v = window.dagger.view; const ts = [];
                        for (let s = 0; s < 20; s++) { v.x -= 300; const t0 = performance.now(); window.dagger.render();
@@ -111,8 +119,13 @@ def main(n: int = 10_000) -> dict:
         out.update(_page_measures("file://" + target))
 
         env = dict(os.environ, PYTHONPATH=SRC)
-        proc = subprocess.Popen([sys.executable, "-m", "dagger.cli", "ui", folder], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagger.cli", "ui", folder],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             url = proc.stdout.readline().split(" at ", 1)[1].split()[0]
             urllib.request.urlopen(url + "api/data").read()  # the first build

@@ -574,3 +574,89 @@ def test_layout_data_is_the_layouts_own(study):
 
     for lay in (layout(node_specs(list(exp.graph))), layout(node_specs(list(exp.graph)), max_states=5)):
         assert layout_dict(lay) == lay.to_dict()
+
+
+def test_colour_by_a_result(browser, study):
+    out, exp = study
+    page = _page(browser, (out / "explorer.html").as_uri())
+    try:
+        done = [n for n in exp.graph if "accuracy" in _results(n) and n.parent is not None]
+        scored = sorted(done, key=lambda n: _results(n)["accuracy"])
+        low, high = scored[0].sha(), scored[-1].sha()
+
+        def fill(sha):
+            return page.page.eval_on_selector(f'[data-sha="{sha}"]', "e => e.style.background")
+
+        before = fill(low), fill(high)
+        assert before[0] == before[1]  # both "done": one status colour
+        page.page.select_option("#colour-by", "accuracy")
+        assert fill(low) != fill(high) and fill(high) != before[1]
+        everyone = [_results(n)["accuracy"] for n in exp.graph if "accuracy" in _results(n)]
+        legend = page.page.locator("#legend").inner_text()
+        assert "accuracy" in legend and _fmt(min(everyone)) in legend and _fmt(max(everyone)) in legend
+        page.page.select_option("#colour-by", "status")
+        assert (fill(low), fill(high)) == before
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+class Diverges(dg.Recipe):
+    PROPERTIES = ["epoch"]
+
+    def run(self, state):
+        raise RuntimeError(f"loss diverged at epoch {self.epoch}")
+
+
+def test_failed_attempts_are_counted(browser, tmp_path):
+    import paperdefs
+
+    exp = dg.Experiment(str(tmp_path / "e"), state_class=paperdefs.State)
+    root = exp.spawn_new_tree(dataset_name="d", model_name="m")
+    bad = Diverges(epoch=3)(root)
+    paperdefs.TrainRecipe(nb_epochs=1, lr=0.1)(root)
+    exp.run(raise_on_failure=False)
+    target = tmp_path / "x.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "dagger.cli", "ui", str(tmp_path / "e"), "--export", str(target)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    page = _page(browser, target.as_uri())
+    try:
+        count = page.page.locator("#count")
+        assert count.get_attribute("data-failed") == "1" and "1 failed" in count.inner_text()
+        assert bad._sha[:10] in count.get_attribute("title") and "loss diverged at epoch 3" in count.get_attribute(
+            "title"
+        )
+        assert len(page.shas()) == 2 and page.errors == []
+    finally:
+        page.close()
+
+
+def test_serves_an_s3_experiment_live(browser, s3_location):
+    """An fsspec URL with --storage-option: a real S3 server (moto); a new state shows up live."""
+    import paperdefs
+
+    url, options = s3_location
+    exp = dg.Experiment(url, state_class=paperdefs.State, storage_options=options)
+    root = exp.spawn_new_tree(dataset_name="d", model_name="m")
+    paperdefs.TrainRecipe(nb_epochs=1, lr=0.1)(root)
+    exp.run()
+    flags = [f"{k}={json.dumps(v)}" for k, v in options.items()]
+    server = Server(url, *(x for f in flags for x in ("--storage-option", f)))
+    page = _page(browser, server.url)
+    try:
+        assert len(page.shas()) == 2
+        with exp.tag("later"):
+            late = paperdefs.TrainRecipe(nb_epochs=2, lr=0.1)(root)
+        exp.run()
+        page.page.wait_for_selector(f'[data-sha="{late._sha}"]', timeout=20_000)
+        page.page.fill("input[data-filter]", "later")
+        assert page.shas() == {late._sha}
+        assert all(u.startswith(server.url) for u in page.requests) and page.errors == []
+    finally:
+        page.close()
+        server.stop()
