@@ -660,3 +660,27 @@ def test_serves_an_s3_experiment_live(browser, s3_location):
     finally:
         page.close()
         server.stop()
+
+
+def test_server_answers_only_to_local_names_and_shows_the_chosen_result(study):
+    """Another Host (DNS rebinding) is refused; --result keeps only that result in the labels."""
+    import urllib.error
+    import urllib.request
+
+    out, exp = study
+    server = Server(str(out), "--result", "accuracy")
+    try:
+        with urllib.request.urlopen(server.url + "api/version") as r:
+            assert r.status == 200 and json.loads(r.read())["version"]
+        port = server.url.rstrip("/").rsplit(":", 1)[1]
+        request = urllib.request.Request(server.url + "api/data", headers={"Host": f"attacker.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403
+        with urllib.request.urlopen(server.url + "api/data") as r:
+            data = json.loads(r.read())
+        texts = [sp["text"] for b in data["layout"]["boxes"] for sp in b["spans"] if sp["style"] == "results"]
+        assert texts and all(t.startswith("accuracy=") and "sparsity" not in t for t in texts)
+        assert len(data["states"]) == len(exp.graph)
+    finally:
+        server.stop()

@@ -815,11 +815,12 @@ def ui(
         typer.Option("--storage-option", metavar="KEY=VALUE", help="An fsspec storage option (repeatable).",
                      show_default=False),
     ] = None,
+    result: ResultOpt = None,
 ) -> int:
     """Explore the tree in the browser: pan, zoom, filter by tags, panels, diffs, a table and plots (read only)."""
     from dagger.ui.cli import run_ui
 
-    return run_ui(directory, export, host, port, storage_option or [], Failure, USAGE)
+    return run_ui(directory, export, host, port, storage_option or [], Failure, USAGE, result)
 
 
 @app.command(epilog="Example: dagger gc runs/prune --unreachable --dry-run")

@@ -31,6 +31,7 @@ def run_ui(
     options: list[str],
     failure: type[Exception],
     usage: int,
+    result: str | None = None,
 ) -> int:
     """Serve the explorer of ``directory``, or write it to ``export``; returns the exit code."""
     from dagger.ui.data import Source
@@ -41,7 +42,7 @@ def run_ui(
         raise failure(f"--port {port} is not a port number (0 to 65535; 0 picks a free one)", usage)  # type: ignore[call-arg]
     opts = storage_options(options, failure, usage)
     try:
-        source = Source(directory, opts)
+        source = Source(directory, opts, result)
     except NotAnExperimentError as exc:
         raise failure(str(exc), usage) from None  # type: ignore[call-arg]
     if export is not None:

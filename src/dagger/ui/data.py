@@ -38,7 +38,9 @@ DATA_FORMAT = 1
 class Source:
     """A stored experiment, read for the explorer: slim metadata only, never a write."""
 
-    def __init__(self, directory: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, directory: str, storage_options: dict[str, Any] | None = None, result: str | None = None
+    ) -> None:
         from dagger.experiment import Experiment
 
         local = "://" not in directory or directory.startswith("file://")
@@ -47,6 +49,7 @@ class Source:
             what = "is a file, not an experiment folder" if os.path.exists(path) else "does not exist"
             raise NotAnExperimentError(f"{directory} {what}")
         self.given = directory  # as the user wrote it: the page shows this
+        self.result = result  # the only result the boxes' labels show (None: all)
         self.experiment = Experiment(directory, storage_options=storage_options or {})
         if self.experiment.info is None:
             raise NotAnExperimentError(
@@ -92,6 +95,7 @@ class Source:
                 info=self.experiment.info,
                 directory=self.directory,
                 failed=list(self._failed.values()),
+                result=self.result,
             )
             self._data["version"] = version
             self._version = version

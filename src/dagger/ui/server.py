@@ -34,8 +34,12 @@ def _aiohttp() -> Any:
     return web
 
 
-def make_app(source: Source) -> Any:
-    """The aiohttp application serving ``source``'s explorer."""
+def make_app(source: Source, allowed_hosts: set[str] | None = None) -> Any:
+    """The aiohttp application serving ``source``'s explorer.
+
+    With ``allowed_hosts``, requests naming any other ``Host`` are refused (403): a web
+    page elsewhere cannot read the experiment through DNS rebinding to 127.0.0.1.
+    """
     web = _aiohttp()
     page = served_html()
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -63,7 +67,13 @@ def make_app(source: Source) -> Any:
     async def icon(request: Any) -> Any:
         return web.Response(body=ICON, content_type="image/svg+xml", headers=headers)
 
-    app = web.Application()
+    @web.middleware
+    async def only_local(request: Any, handler: Any) -> Any:
+        if allowed_hosts is not None and request.host not in allowed_hosts:
+            return web.Response(status=403, text=f"dagger ui answers only to {', '.join(sorted(allowed_hosts))}\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[only_local])
     app.router.add_get("/", index)
     app.router.add_get("/app.js", script)
     app.router.add_get("/app.css", style)
@@ -91,7 +101,6 @@ def _encoded(source: Source) -> tuple[str, bytes]:
 def serve(source: Source, host: str = "127.0.0.1", port: int = 0, out: TextIO | None = None) -> None:
     """Serve the explorer until interrupted; print its URL first (a free port when ``port`` is 0)."""
     web = _aiohttp()
-    app = make_app(source)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -102,6 +111,9 @@ def serve(source: Source, host: str = "127.0.0.1", port: int = 0, out: TextIO | 
         raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (pick another --port)") from None
     sock.listen(128)
     bound = sock.getsockname()[1]
+    loopback = {"127.0.0.1", "localhost", "::1"}
+    allowed = {f"{h}:{bound}" for h in ("127.0.0.1", "localhost", "[::1]")} if host in loopback else None
+    app = make_app(source, allowed)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     out = out or sys.stdout
     out.write(f"dagger explorer for {source.directory} at http://{shown}:{bound}/  (Ctrl-C stops it)\n")
