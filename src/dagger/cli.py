@@ -805,15 +805,20 @@ def ui(
     directory: Dir,
     export: Annotated[
         str | None,
-        typer.Option("--export", metavar="FILE", help="Write one self-contained HTML file instead of serving.",
-                     show_default=False),
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Write one self-contained HTML file instead of serving.",
+            show_default=False,
+        ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="The address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="The port to serve on (0: a free one).")] = 0,
     storage_option: Annotated[
         list[str] | None,
-        typer.Option("--storage-option", metavar="KEY=VALUE", help="An fsspec storage option (repeatable).",
-                     show_default=False),
+        typer.Option(
+            "--storage-option", metavar="KEY=VALUE", help="An fsspec storage option (repeatable).", show_default=False
+        ),
     ] = None,
     result: ResultOpt = None,
 ) -> int:
