@@ -684,3 +684,18 @@ def test_server_answers_only_to_local_names_and_shows_the_chosen_result(study):
         assert len(data["states"]) == len(exp.graph)
     finally:
         server.stop()
+
+
+def test_aiohttp_only_when_serving_and_a_clear_error_without_it(study, tmp_path):
+    out, _ = study
+    probe = (
+        "import sys, dagger.cli, dagger.ui, dagger as dg; "
+        f"dg.Experiment.restore({str(out)!r}).graph.explore().save({str(tmp_path / 'n.html')!r}); "
+        "print('aiohttp' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False" and (tmp_path / "n.html").stat().st_size > 0
+    blocked = "import sys; sys.modules['aiohttp'] = None; from dagger.cli import main; main(sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-c", blocked, "ui", str(out)], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 1 and "pip install 'dagger-experiments[ui]'" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
