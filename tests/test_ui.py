@@ -277,6 +277,11 @@ def test_two_states_side_by_side(browser, served, study):
         keys = set(page.page.eval_on_selector_all("[data-diff-key]", "e => e.map(x => x.dataset.diffKey)"))
         assert "accuracy" in keys and "tags" in keys and any(k.startswith("step ") for k in keys)
         assert "properties.dataset_name" not in keys  # the same in both
+        page.page.keyboard.press("Escape")  # back to A alone, then closed
+        assert page.page.locator("[data-panel]").get_attribute("data-state") == a.sha()
+        assert page.page.locator("[data-panel][data-diff]").count() == 0
+        page.page.keyboard.press("Escape")
+        assert page.page.locator("[data-panel]").is_hidden()
         assert page.errors == []
     finally:
         page.close()

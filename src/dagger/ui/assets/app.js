@@ -377,6 +377,14 @@
       showPanel();
     });
     window.addEventListener("resize", schedule);
+    document.addEventListener("keydown", function (ev) {
+      if (ev.target && /^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
+      if (ev.key === "Escape" && !$("panel").hidden) {
+        if (second) { second = null; showPanel(); } else { $("panel").hidden = true; selected = null; }
+        refreshAll(); schedule();
+      } else if (ev.key === "f") fit();
+      else if (ev.key === "/") { ev.preventDefault(); $("filter").focus(); }
+    });
   }
 
   // ---- the panel: one state, or two side by side --------------------------------------------------
@@ -430,6 +438,8 @@
   function showPanel() {
     var p = $("panel");
     p.textContent = "";
+    p.removeAttribute("data-diff");
+    p.removeAttribute("data-state");
     p.hidden = false;
     var close = el("button", { "class": "close", type: "button", title: "close" }, "×");
     close.addEventListener("click", function () { p.hidden = true; selected = second = null; refreshAll(); schedule(); });
