@@ -21,7 +21,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/pruning/study.py
 
-test: $(STAMP)
+# The explorer's tests drive a real headless browser: Debian's chromium (Playwright's own browser
+# download cannot run everywhere). Installed here when missing, so a fresh machine needs nothing by hand.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make test needs chromium for the explorer's browser tests: sudo apt-get install chromium" \
+		     "(or set CHROMIUM=/path/to/chromium)"; exit 1; \
+	fi
+
+test: $(STAMP) $(CHROMIUM)
+	DAGGER_TEST_CHROMIUM=$(CHROMIUM) \
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 \
 		--cov=dagger --cov-report=term --cov-fail-under=90
 

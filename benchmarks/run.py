@@ -193,6 +193,19 @@ KNOWN: dict[str, list[Row]] = {
     "restore": [
         ("`Experiment.restore(slim=True)`, 10,000 states", "restore_s", "s", 0.1, "0.31 s", "ratio_to_index_read", "reading the index"),
     ],
+    "ui_10k": [
+        ("page data from the store (listing, index, layout, table rows)", "data_s", "s", None, "", None, ""),
+        ("layout alone (the drawing's engine)", "layout_s", "s", None, "", None, ""),
+        ("exported HTML file", "export_bytes", "bytes", None, "", None, ""),
+        ("open the exported file in chromium until the tree is drawn", "load_ms", "ms", None, "", None, ""),
+        ("filter box: type a tag expression until the screen shows it (median)", "filter_ms", "ms", None, "", None, ""),
+        ("filter box, slowest expression", "filter_max_ms", "ms", None, "", None, ""),
+        ("pan: one redraw", "pan_ms", "ms", None, "", None, ""),
+        ("zoom out: one redraw", "zoom_out_ms", "ms", None, "", None, ""),
+        ("served: `GET /api/data` (built already)", "api_data_ms", "ms", None, "", None, ""),
+        ("served: `GET /api/version` (the live poll)", "api_version_ms", "ms", None, "", None, ""),
+        ("console errors", "console_errors", "", None, "", None, ""),
+    ],
     "tag_query": [
         ("one tag", "one_tag_ms", "ms", 5.0, "18 ms", None, ""),
         ("fnmatch pattern", "pattern_ms", "ms", 5.0, "18 ms", None, ""),
@@ -210,6 +223,7 @@ TITLES = {
     "define": "Defining a chain of promises",
     "restore": "Restoring the slim graph",
     "tag_query": "Tag queries over 5,000 states",
+    "ui_10k": "The explorer (`dagger ui`) on 10,000 states",
     "scaling": "Scaling curve: per-state cost from 100 to 20,000 states",
 }
 

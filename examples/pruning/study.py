@@ -18,7 +18,8 @@ is for: the root's weights are one ``restore()`` away from any descendant.
 
 The first run trains everything (seconds); run it again and every state is
 served from the store. Results are printed as a table; the tree is drawn to
-DIR/tree.svg and DIR/tree.png.
+DIR/tree.svg and DIR/tree.png, and its interactive explorer written to
+DIR/explorer.html (``dagger ui DIR`` serves the same page live).
 """
 
 from __future__ import annotations
@@ -345,6 +346,7 @@ def main(
     exp.graph.draw(str(out / "tree.svg"), result="accuracy")
     exp.graph.draw(str(out / "tree.png"), result="accuracy")
     curve = plot_curve(exp, out / "curve.png")
+    exp.graph.explore().save(out / "explorer.html")  # the interactive explorer, one self-contained file
     if verbose:
         print(results_table(exp))
         print()
@@ -356,6 +358,7 @@ def main(
             f"Tree drawn to {out / 'tree.svg'} and {out / 'tree.png'}"
             + (f"; pruning curve to {curve}." if curve else ".")
         )
+        print(f"Explore it in the browser: open {out / 'explorer.html'}, or serve it live with `dagger ui {out}`.")
         if report.computed:
             print("Run it again: every state will be a cache hit.")
     return exp, report

@@ -437,6 +437,17 @@ class StaticExperimentTree:
         self._decode_all()
         return draw(self._nodes.values(), filename, format, result, highlight, view, max_states)
 
+    def explore(self, result: str | None = None, height: int = 640) -> Any:
+        """The interactive explorer of this tree (as ``dagger ui``), shown inline in Jupyter.
+
+        Returns a :class:`dagger.ui.Explorer`: its ``_repr_html_`` is the page in
+        an iframe, and ``.save("explorer.html")`` writes it as one self-contained file.
+        ``result`` keeps only that result in the boxes' labels (e.g. ``"accuracy"``).
+        """
+        from dagger.ui import explore
+
+        return explore(self, result, height)
+
     def _repr_svg_(self) -> str:
         """The tree as SVG for Jupyter (dagger's own drawing: no Graphviz)."""
         return self.draw().svg
