@@ -298,10 +298,14 @@
   function drawEdges(x0, y0, x1, y1) {
     var d = [], h = [];
     D.layout.edges.forEach(function (ed) {
-      if (Math.max(ed.x1, ed.x2) < x0 || Math.min(ed.x1, ed.x2) > x1 || ed.y2 < y0 || ed.y1 > y1) return;
+      var pts = ed.points, tip = ed.head[0];
+      var ex0 = Infinity, ex1 = -Infinity, ey0 = Infinity, ey1 = -Infinity;
+      pts.concat([tip]).forEach(function (p) {
+        ex0 = Math.min(ex0, p[0]); ex1 = Math.max(ex1, p[0]); ey0 = Math.min(ey0, p[1]); ey1 = Math.max(ey1, p[1]);
+      });
+      if (ex1 < x0 || ex0 > x1 || ey1 < y0 || ey0 > y1) return;
       if (isHidden(ed.child) || isHidden(ed.parent)) return;
-      var my = (ed.y1 + ed.y2) / 2;
-      d.push("M" + ed.x1 + " " + ed.y1 + "C" + ed.x1 + " " + my + " " + ed.x2 + " " + my + " " + ed.x2 + " " + ed.y2);
+      d.push("M" + pts.map(function (p) { return p[0] + " " + p[1]; }).join("L"));
       h.push("M" + ed.head.map(function (p) { return p[0] + " " + p[1]; }).join("L") + "Z");
     });
     $("edge-path").setAttribute("d", d.join(""));
