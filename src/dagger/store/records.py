@@ -195,6 +195,18 @@ class Records:
         self.store.put(EXPERIMENT_KEY, encode_json(info))
         self._layout_ok = info.get("format", 0) >= STORE_FORMAT
 
+    def create_experiment(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Write ``experiment.json`` only if there is none; return the record the folder holds afterwards.
+
+        The first writer wins: on a local folder the file is created with a hard link, which never
+        replaces one (atomic); on an object store it is a check, then a write, then a read back, so
+        a writer that lost a close race sees the winner's record. Callers compare the returned
+        record with their own and refuse to go on when they differ.
+        """
+        self.store.put_if_absent(EXPERIMENT_KEY, encode_json(info))
+        stored = self.read_experiment()
+        return info if stored is None else stored
+
     def _mark_layout(self) -> None:
         """Before the first record that carries a pickle: say so in ``experiment.json`` (layout 2).
 
