@@ -269,23 +269,31 @@ def show(directory: Dir, result: ResultOpt = None) -> int:
     if len(graph) == 0:
         console.print(f"{escape(exp.directory)}: no states yet (define a tree and call exp.run())")
         return OK
-    roots = [n for n in graph if n._meta().get("parent") not in graph._nodes]
+    roots = [n for n in graph if graph._parents.get(n.sha()) is None]
+    shown = 0
     for root in roots:
         tree = Tree(_label(root, result), guide_style="dim")
         stack: list[tuple[ExperimentState, Tree]] = [(root, tree)]
         while stack:
             node, branch = stack.pop()
+            shown += 1
             kids = graph.children_of(node.sha())
             subs = [(kid, branch.add(_label(kid, result))) for kid in kids]
             stack.extend(reversed(subs))
         console.print(tree)
+    problems = graph.problems()
+    if shown < len(graph):  # states under no root (a cycle, a dangling parent): listed, never dropped
+        console.print(f"[red]broken lineage[/red]: {len(graph) - shown} states are under no root (run `dagger verify`)")
+        for node in graph:
+            if node.sha() in problems:
+                console.print(f"  {_label(node, result)}  [red]{escape(problems[node.sha()])}[/red]")
     failed = _failures(exp)
     for rec in failed:
         out = f"[red]failed[/red] [dim]{str(rec.get('sha', '?'))[:10]}[/dim] {escape(str(rec.get('label', '?')))}"
         console.print(out + f": {escape(str(rec.get('error', '')))}")
     note = f", {len(failed)} failed at their last attempt (not stored; the next run retries them)" if failed else ""
     console.print(f"[dim]{len(graph)} states in {escape(exp.directory)}{note}[/dim]")
-    return OK
+    return PROBLEM if shown < len(graph) else OK
 
 
 def _failures(exp: Experiment) -> list[dict[str, Any]]:
@@ -377,7 +385,10 @@ def inspect(
     out(f"[bold]state class[/bold] {escape(str(meta.get('state_class', '?')))}")
     _section(out, "properties", meta.get("properties") or {})
     out("[bold]lineage[/bold] (root first)")
-    for step in node.lineage():
+    broken = exp.graph.problems().get(node.sha())
+    if broken is not None:
+        out(f"  [red]broken: {escape(broken)}[/red] (run `dagger verify`)")
+    for step in () if broken is not None else node.lineage():
         m = step._meta()
         tags = f"  [magenta]{escape('[' + ', '.join(m.get('tags', [])) + ']')}[/magenta]" if m.get("tags") else ""
         out(f"  {m.get('depth', 0):>2}  [dim]{step.sha()[:10]}[/dim]  {escape(_call(m))}{tags}")
@@ -418,7 +429,7 @@ def inspect(
     elif isinstance((exp.info or {}).get("environment"), dict):
         base = (exp.info or {})["environment"]
         out(f"[bold]environment[/bold]  the experiment's (python {escape(_fmt(base.get('python')))})")
-    return OK
+    return PROBLEM if broken is not None else OK
 
 
 def _section(out: Callable[..., None], title: str, values: dict[str, Any]) -> None:
@@ -446,7 +457,7 @@ def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
             key, where = meta_key(node.sha(), FIRST_REV), "carried by the commit record"
             recorded = meta.get("pickle_bytes")
             pickle_bytes = recorded if isinstance(recorded, int) else None
-    parent = node.parent
+    parent = exp.graph._nodes.get(str(meta.get("parent")))  # (None for a root, or a dangling parent)
     parent_blobs = {str(b[0]) for b in (parent._meta().get("blobs") or [])} if parent is not None else set()
     blobs: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -775,7 +786,7 @@ def _branches(
 
 
 def _leaves_in_tree_order(graph: StaticExperimentTree) -> list[ExperimentState]:
-    roots = [n for n in graph if n._meta().get("parent") not in graph._nodes]
+    roots = [n for n in graph if graph._parents.get(n.sha()) is None]
     leaves: list[ExperimentState] = []
     stack = list(reversed(roots))
     while stack:

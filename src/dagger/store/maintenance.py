@@ -435,6 +435,27 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 # ---- verify ----------------------------------------------------------------------------
 
 
+def _check_lineage(report: VerifyReport, metas: dict[str, dict[str, Any]], newest: dict[str, str]) -> None:
+    """A problem for each state whose chain of parents is a cycle or ends at a missing parent.
+
+    The states below such a state are counted in its problem, not listed one by one.
+    """
+    from dagger.store.validate import parent_problems
+
+    problems = parent_problems({sha: meta.get("parent") for sha, meta in metas.items()})
+    below: dict[str, int] = {}
+    for sha, why in problems.items():
+        if why.startswith("its ancestor "):
+            origin = why.removeprefix("its ancestor ").split(" ", 1)[0]
+            below[origin] = below.get(origin, 0) + 1
+    for sha, why in problems.items():
+        if why.startswith("its ancestor "):
+            continue
+        under = below.get(sha[:12], 0)
+        extra = f"; {under} state(s) below it have no lineage either" if under else ""
+        report.problems.append(Problem(meta_key(sha, newest[sha]), f"its lineage is broken: {why}{extra}", sha))
+
+
 def verify(records: Records) -> VerifyReport:
     """Check every record of the store; return a :class:`VerifyReport` (``.ok`` when clean).
 
@@ -482,6 +503,7 @@ def verify(records: Records) -> VerifyReport:
             newest[sha] = rev
             metas[sha] = meta
     report.states = len(newest)
+    _check_lineage(report, metas, newest)
 
     # Blobs: re-hash every one.
     blob_sizes: dict[str, int] = {}

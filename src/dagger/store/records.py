@@ -52,6 +52,7 @@ from dagger.errors import (
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import _fastio, digest, pickling
 from dagger.store.base import Store
+from dagger.store.validate import meta_problem
 
 # Bound of the in-memory copies of recently saved pickles (see Records._remember).
 _RECENT_MAX_BYTES = 32 * 1024 * 1024
@@ -244,6 +245,12 @@ class Records:
         _check_format(meta, key)
         if meta.get("sha") != sha:
             raise CorruptRecordError(f"{key} describes state {meta.get('sha')!r}, not {sha}")
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise CorruptRecordError(
+                f"{key} is not a valid commit record: {problem}. The file was edited or damaged; "
+                f"{_recompute_hint(sha).replace('Run', 'run', 1)}"
+            )
         meta["rev"] = rev
         return meta
 
@@ -672,7 +679,7 @@ def _ints(column: Any, n: int, low: int, high: int) -> bool:
 
 def _describes(meta: Any, sha: str, rev: Any) -> bool:
     """Whether ``meta`` (decoded from the index) is the metadata of ``sha`` at revision ``rev``."""
-    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev
+    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev and meta_problem(meta) is None
 
 
 class SlimIndex:
@@ -751,6 +758,7 @@ class SlimIndex:
             and type(tags) is list
             and len(tags) == n
             and not set(map(type, tags)) - {list}
+            and all(type(t) is str for labels in tags for t in labels)
             and _ints(columns.get("parent"), n, _UNINDEXED_PARENT, n)
             and _ints(columns.get("depth"), n, 0, 1 << 62)
             and _ints(columns.get("p"), n, 0, len(props))
