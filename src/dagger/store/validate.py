@@ -67,8 +67,19 @@ def _recipe(value: Any) -> str | None:
 
 
 def _optional(check: Any, message: str) -> Any:
+    """A field that may hold null (dagger writes null there)."""
+
     def run(value: Any) -> str | None:
         return None if value is None or check(value) else message
+
+    return run
+
+
+def _typed(check: Any, message: str) -> Any:
+    """A field that, when present, holds a value of its type (never null: readers rely on it)."""
+
+    def run(value: Any) -> str | None:
+        return None if check(value) else message
 
     return run
 
@@ -77,21 +88,21 @@ def _optional(check: Any, message: str) -> Any:
 _FIELDS: dict[str, Any] = {
     "parent": _optional(_is_sha, "is not a state hash (64 hex digits) or null"),
     "depth": lambda v: None if type(v) is int and v >= 0 else "is not a non-negative integer",
-    "state_class": _optional(lambda v: type(v) is str, "is not a string"),
-    "tags": _optional(_str_list, "is not a list of strings"),
-    "properties": _optional(lambda v: type(v) is dict, "is not an object"),
-    "created": _optional(_is_number, "is not a number"),
+    "state_class": _typed(lambda v: type(v) is str, "is not a string"),
+    "tags": _typed(_str_list, "is not a list of strings"),
+    "properties": _typed(lambda v: type(v) is dict, "is not an object"),
+    "created": _typed(_is_number, "is not a number"),
     "recipe": _recipe,
     "explain": _optional(lambda v: type(v) is str, "is not a string"),
-    "pickle_bytes": _optional(lambda v: type(v) is int and v >= 0, "is not a non-negative integer"),
-    "blobs": _optional(_blobs, "is not a list of [blob name, size] pairs"),
-    "results": _optional(lambda v: type(v) is dict, "is not an object"),
-    "function_errors": _optional(
+    "pickle_bytes": _typed(lambda v: type(v) is int and v >= 0, "is not a non-negative integer"),
+    "blobs": _typed(_blobs, "is not a list of [blob name, size] pairs"),
+    "results": _typed(lambda v: type(v) is dict, "is not an object"),
+    "function_errors": _typed(
         lambda v: type(v) is dict and all(type(e) is str for e in v.values()), "is not an object of strings"
     ),
-    "run": lambda v: None if v is None else _run(v),
-    "status": _optional(lambda v: type(v) is str, "is not a string"),
-    "cause": _optional(lambda v: type(v) is str, "is not a string"),
+    "run": _run,
+    "status": _typed(lambda v: type(v) is str, "is not a string"),
+    "cause": _typed(lambda v: type(v) is str, "is not a string"),
     "environment": _optional(lambda v: type(v) is dict, "is not an object"),
 }
 
