@@ -71,13 +71,15 @@ class Experiment:
         locking: bool = True,
         packages: Iterable[str] = (),
         on_code_change: str = "warn",
+        signing_key: bytes | str | None = None,
     ) -> None:
         if state_class is not None and not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise DefinitionError(f"state_class must be a subclass of dagger.ExperimentState, got {state_class!r}")
         self.storage_options = dict(storage_options or {})
         self.store = open_store(directory, fsync=fsync, **self.storage_options)
         self.directory = self.store.url
-        self.records = Records(self.store, blob_threshold, verify_blobs)
+        # With a key (or $DAGGER_SIGNING_KEY), pickles are signed and only signed ones are unpickled.
+        self.records = Records(self.store, blob_threshold, verify_blobs, signing_key=signing_key)
         self.records.keep_written = True  # it writes the index from them (re-tagged states)
         self.runtime = Runtime(
             location=self.store.url,
@@ -88,6 +90,7 @@ class Experiment:
             seed=seed,
             locking=locking,
             store=directory if isinstance(directory, Store) else None,
+            signing_key=None if signing_key is None else self.records.signing_key,
         )
         self.info = self.records.read_experiment()
         if state_class is not None and self.info is not None:

@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from dagger.errors import CorruptRecordError
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import digest
+from dagger.store import audit, digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store
 from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
@@ -435,27 +435,6 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 # ---- verify ----------------------------------------------------------------------------
 
 
-def _check_lineage(report: VerifyReport, metas: dict[str, dict[str, Any]], newest: dict[str, str]) -> None:
-    """A problem for each state whose chain of parents is a cycle or ends at a missing parent.
-
-    The states below such a state are counted in its problem, not listed one by one.
-    """
-    from dagger.store.validate import parent_problems
-
-    problems = parent_problems({sha: meta.get("parent") for sha, meta in metas.items()})
-    below: dict[str, int] = {}
-    for sha, why in problems.items():
-        if why.startswith("its ancestor "):
-            origin = why.removeprefix("its ancestor ").split(" ", 1)[0]
-            below[origin] = below.get(origin, 0) + 1
-    for sha, why in problems.items():
-        if why.startswith("its ancestor "):
-            continue
-        under = below.get(sha[:12], 0)
-        extra = f"; {under} state(s) below it have no lineage either" if under else ""
-        report.problems.append(Problem(meta_key(sha, newest[sha]), f"its lineage is broken: {why}{extra}", sha))
-
-
 def verify(records: Records) -> VerifyReport:
     """Check every record of the store; return a :class:`VerifyReport` (``.ok`` when clean).
 
@@ -503,7 +482,7 @@ def verify(records: Records) -> VerifyReport:
             newest[sha] = rev
             metas[sha] = meta
     report.states = len(newest)
-    _check_lineage(report, metas, newest)
+    audit.check_lineage(report, metas, newest)
 
     # Blobs: re-hash every one.
     blob_sizes: dict[str, int] = {}
@@ -525,6 +504,7 @@ def verify(records: Records) -> VerifyReport:
 
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
+    legacy: list[str] = []  # states whose pickle predates naming its state
     for sha in sorted(newest):
         try:
             key, raw = records.read_pickle(sha)
@@ -550,6 +530,7 @@ def verify(records: Records) -> VerifyReport:
             report.problems.append(Problem(key, "the state pickle is truncated (no STOP opcode at its end)", sha))
         elif not checksum_matches(header, memoryview(raw)[raw.find(b"\n") + 1 :]):
             report.problems.append(Problem(key, "the state pickle does not match its checksum (modified)", sha))
+        audit.check_binding(report, records, sha, key, header, raw, legacy)
         for name, size in header.get("blobs", []):
             users.setdefault(name, []).append(sha)
             bkey = blob_key(name)
@@ -564,6 +545,9 @@ def verify(records: Records) -> VerifyReport:
     for name, message in bad_blobs.items():
         if name not in users:
             report.problems.append(Problem(blob_key(name), message + " (no state uses it)"))
+
+    audit.note_legacy(report, legacy, records)
+    audit.check_index(report, records, metas, newest)
 
     # Leftovers: not problems, but worth a note.
     leftovers = len(store.temp_keys())

@@ -50,7 +50,7 @@ from dagger.errors import (
     StoreError,
 )
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import _fastio, digest, pickling
+from dagger.store import _fastio, digest, pickling, signing
 from dagger.store.base import Store
 from dagger.store.validate import meta_problem
 
@@ -131,8 +131,11 @@ class Records:
         blob_threshold: int = pickling.DEFAULT_THRESHOLD,
         verify_blobs: bool = True,
         blob_hash: str | None = None,
+        signing_key: bytes | str | None = None,
     ):
         self.store = store
+        #: With a key, every pickle is written signed and none is unpickled unless signed (see signing).
+        self.signing_key = signing.resolve_key(signing_key)
         self._blob_hash = None if blob_hash is None else digest.check(blob_hash)
         self.blob_threshold = blob_threshold
         self.verify_blobs = verify_blobs
@@ -416,7 +419,11 @@ class Records:
             checksum = digest.hexdigest(algorithm, data)
             # The header is JSON; written by hand (no encoder call per state), as `_parse_json` reads it.
             listed = encode_json(blobs).decode() if blobs else "[]"
-            header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
+            # It names its state (a copy in another state's record is refused), and with a key, is signed.
+            signed = "" if self.signing_key is None else (
+                f',"hmac":"{signing.signature(self.signing_key, sha, listed, data)}"'
+            )
+            header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}","sha":"{sha}"{signed}}}\n'.encode()
             out: dict[str, Any] = {"pickle_bytes": len(header) + len(data), "blobs": blobs}
             if inline and len(header) + len(data) <= INLINE_MAX:
                 out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
@@ -450,6 +457,7 @@ class Records:
                     f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
                     f"truncated. {_recompute_hint(sha)}"
                 )
+            signing.check(header, sha, data, self.signing_key, key)  # before anything is unpickled
         try:
             return pickling.loads(data, blobs, self._source, map_location)
         except CorruptRecordError as exc:
