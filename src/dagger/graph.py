@@ -184,6 +184,8 @@ def _matcher(pattern: str) -> tuple[Any, bool]:
 #: (``R.x``, ``R#2.x``, ... ``R#4.x``); later ones show as ``R#last.x``, with ``R#applied``
 #: counting them. Bounded so that a table of a long chain is linear in its size.
 REPEATS_SHOWN = 4
+#: How deep the indentation of text trees goes before a deeper state starts again at the margin.
+INDENT_LEVELS = 40
 
 
 def state_row(node: ExperimentState) -> dict[str, Any]:
@@ -434,16 +436,25 @@ class StaticExperimentTree:
         lines: list[str] = []
         self._decode_all()
         shown: set[str] = set()
-        # Depth first without recursion (a chain may be 10,000 states deep): (node, prefix, last, top).
-        stack = [(n, "", True, True) for n in reversed(self._nodes.values()) if self._parents.get(n.sha()) is None]
+        # Depth first without recursion (a chain may be 10,000 states deep): (node, prefix, last, top, level).
+        # Indentation stops growing at INDENT_LEVELS: deeper states start again at the left margin,
+        # after a line that says so, so the text of a long chain grows linearly, not quadratically.
+        roots = [n for n in self._nodes.values() if self._parents.get(n.sha()) is None]
+        stack = [(n, "", True, True, 0) for n in reversed(roots)]
         while stack:
-            node, prefix, last, top = stack.pop()
+            node, prefix, last, top, level = stack.pop()
             shown.add(node.sha())
+            if level >= INDENT_LEVELS:
+                depth = _browse(node).get("depth", "?")
+                lines.append(f"{prefix}{'└── ' if last else '├── '}… continued below at depth {depth}")
+                prefix, top, level = "", True, 0
             branch = "" if top else ("└── " if last else "├── ")
             lines.append(prefix + branch + _text_label(node, result))
             kids = self.children_of(node.sha())
             child_prefix = prefix + ("" if top else ("    " if last else "│   "))
-            stack.extend((kid, child_prefix, i == len(kids) - 1, False) for i, kid in reversed(list(enumerate(kids))))
+            stack.extend(
+                (kid, child_prefix, i == len(kids) - 1, False, level + 1) for i, kid in reversed(list(enumerate(kids)))
+            )
         broken = [n for n in self._nodes.values() if n.sha() not in shown]
         if broken:  # never dropped silently: listed apart, with the reason
             lines.append(f"broken lineage ({len(broken)} states not under a root; run `dagger verify`):")
