@@ -76,10 +76,10 @@ _RACER = textwrap.dedent(
             return state
 
     directory, start = sys.argv[1], float(sys.argv[2])
-    exp = dg.Experiment(directory, state_class={cls})
-    while time.time() < start:
-        pass
     try:
+        exp = dg.Experiment(directory, state_class={cls})  # (a racer slow to start is refused here)
+        while time.time() < start:
+            pass
         Step(seed=1)(exp.spawn_new_tree(name="{name}"))
         exp.run(progress=False)
     except dg.errors.StateClassMismatchError as exc:
