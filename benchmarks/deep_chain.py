@@ -73,12 +73,16 @@ def main() -> None:
             leaf, middle = chain_sha(n - 1), chain_sha(n // 2)
             figures: dict[str, object] = {"depth": n, "src": src}
             run_py = subprocess.run(
-                [sys.executable, "-c", _PY_PATHS, exp, leaf], env=env, capture_output=True, text=True,
+                [sys.executable, "-c", _PY_PATHS, exp, leaf],
+                env=env,
+                capture_output=True,
+                text=True,
                 timeout=args.limit,
             )
             if run_py.returncode == 0:
-                figures.update({k: round(v, 3) if isinstance(v, float) else v
-                                for k, v in json.loads(run_py.stdout).items()})
+                figures.update(
+                    {k: round(v, 3) if isinstance(v, float) else v for k, v in json.loads(run_py.stdout).items()}
+                )
             else:
                 figures["python"] = run_py.stderr.strip().splitlines()[-1:]
             dagger = [sys.executable, "-m", "dagger.cli"]

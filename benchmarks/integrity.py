@@ -35,8 +35,9 @@ def dagger(src: str, args: list[str], limit: float = 20.0) -> tuple[str, float, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, TESTS])}
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "dagger.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=limit)
+        done = subprocess.run(
+            [sys.executable, "-m", "dagger.cli", *args], env=env, capture_output=True, text=True, timeout=limit
+        )
     except subprocess.TimeoutExpired:
         return f"hang>{limit:.0f}s", limit, ""
     tail = (done.stderr.strip().splitlines() or [""])[-1]
@@ -44,8 +45,9 @@ def dagger(src: str, args: list[str], limit: float = 20.0) -> tuple[str, float, 
 
 
 def tree(directory: str, **options):
-    import dagger as dg
     from paperdefs import PruneRecipe, State, TrainRecipe, eval_fn
+
+    import dagger as dg
 
     exp = dg.Experiment(directory, state_class=State, **options)
     root = exp.spawn_new_tree(dataset_name="d", model_name="m")
@@ -85,8 +87,13 @@ def cycles(src: str, work: str) -> None:
         for cmd in COMMANDS:
             code, took, _ = dagger(src, args_for(cmd, directory, sha))
             out[cmd] = f"{code} ({took} s)"
-        show = subprocess.run([sys.executable, "-m", "dagger.cli", "show", directory], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": src}, timeout=30)
+        show = subprocess.run(
+            [sys.executable, "-m", "dagger.cli", "show", directory],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": src},
+            timeout=30,
+        )
         out["show_lists"] = f"{sum(s[:10] in show.stdout for s in sha.values())}/5 states"
         print(json.dumps(out), flush=True)
 
@@ -115,8 +122,19 @@ def wrong_types(src: str, work: str) -> None:
             fine += ok
             if not ok:
                 failures.append(f"{field}={value!r} {cmd}: {code} {tail}")
-    print(json.dumps({"scenario": "wrong types in a record", "fields": len(BAD_FIELDS), "commands": total,
-                      "working": fine, "slowest_s": slowest, "failures": failures[:3]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "wrong types in a record",
+                "fields": len(BAD_FIELDS),
+                "commands": total,
+                "working": fine,
+                "slowest_s": slowest,
+                "failures": failures[:3],
+            }
+        ),
+        flush=True,
+    )
 
 
 _RACER = textwrap.dedent(
@@ -154,22 +172,35 @@ def race(src: str, work: str, trials: int) -> None:
     for trial in range(trials):
         directory = os.path.join(work, f"race-{trial}")
         start = time.time() + 1.5
-        procs = [subprocess.Popen([sys.executable, s, directory, repr(start)], env=env, stderr=subprocess.DEVNULL)
-                 for s in scripts]
+        procs = [
+            subprocess.Popen([sys.executable, s, directory, repr(start)], env=env, stderr=subprocess.DEVNULL)
+            for s in scripts
+        ]
         codes = sorted(p.wait(timeout=120) for p in procs)
-        roots = {json.load(open(os.path.join(directory, "meta", n))).get("state_class")
-                 for n in os.listdir(os.path.join(directory, "meta"))}
+        roots = {
+            json.load(open(os.path.join(directory, "meta", n))).get("state_class")
+            for n in os.listdir(os.path.join(directory, "meta"))
+        }
         clean += codes == [0, 3] and len(roots) == 1
         two_roots += len(roots) > 1
-    print(json.dumps({"scenario": "two state classes racing on an empty folder", "trials": trials,
-                      "one winner, one StateClassMismatchError": clean, "trials leaving two roots": two_roots}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "two state classes racing on an empty folder",
+                "trials": trials,
+                "one winner, one StateClassMismatchError": clean,
+                "trials leaving two roots": two_roots,
+            }
+        ),
+        flush=True,
+    )
 
 
 def binding(src: str, work: str) -> None:
-    import dagger as dg
     from damage import edit_carried_pickle, pickle_bytes
     from test_integrity_signing import Trap, plant
+
+    import dagger as dg
 
     directory = os.path.join(work, "binding")
     sha = tree(directory)
@@ -182,8 +213,16 @@ def binding(src: str, work: str) -> None:
     except dg.errors.CorruptRecordError as exc:
         outcome = type(exc).__name__
     verify = dg.Experiment(directory).verify()
-    print(json.dumps({"scenario": "root's pickle copied into A's record", "restore(A)": outcome,
-                      "verify problems": len(verify.problems)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "root's pickle copied into A's record",
+                "restore(A)": outcome,
+                "verify problems": len(verify.problems),
+            }
+        ),
+        flush=True,
+    )
 
     key = "benchmark-key-0123456789"
     directory = os.path.join(work, "signed")
@@ -206,9 +245,10 @@ def binding(src: str, work: str) -> None:
         except dg.errors.UntrustedPickleError:
             refused += 1
     # Cost of signing: save and restore 200 states' pickles with and without a key.
+    from paperdefs import State
+
     from dagger.store import LocalStore
     from dagger.store.records import Records
-    from paperdefs import State
 
     timings = {}
     for name, k in (("warm-up", None), ("unsigned", None), ("signed", key), ("unsigned", None), ("signed", key)):
@@ -222,10 +262,18 @@ def binding(src: str, work: str) -> None:
         for i in range(200):
             records.load_pickle(f"{i:064x}")
         timings[name] = round((time.perf_counter() - t) / 200 * 1e3, 3)
-    print(json.dumps({"scenario": "planted pickle, checksum rewritten, signing key set", "planted": planted,
-                      "refused before unpickling": refused, "marker files created": int(os.path.exists(marker)),
-                      "save+load ms per state (unsigned, signed)": [timings["unsigned"], timings["signed"]]}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "planted pickle, checksum rewritten, signing key set",
+                "planted": planted,
+                "refused before unpickling": refused,
+                "marker files created": int(os.path.exists(marker)),
+                "save+load ms per state (unsigned, signed)": [timings["unsigned"], timings["signed"]],
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -41,7 +41,6 @@ def test_second_experiment_object_with_another_state_class_is_refused(exp_dir):
     assert len(dg.Experiment.restore(exp_dir).graph) == 2  # one tree, nothing overwritten
 
 
-
 def test_other_root_in_a_claimed_folder_is_refused(exp_dir):
     first = dg.Experiment(exp_dir, state_class=Alpha)
     second = dg.Experiment(exp_dir, state_class=Alpha)
@@ -101,8 +100,13 @@ def test_two_processes_racing_on_an_empty_folder(tmp_path, trial):
     start = time.time() + 2.0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     procs = [
-        subprocess.Popen([sys.executable, s, directory, repr(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, s, directory, repr(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for s in scripts
     ]
     outs = [p.communicate(timeout=120) for p in procs]

@@ -175,7 +175,10 @@ def test_a_planted_pickle_with_a_rewritten_checksum_never_runs(exp_dir, tmp_path
     reason = {"unsigned": "no signature", "legacy header": "no signature"}.get(forgery, "does not match")
     assert reason in str(caught.value)
     assert not os.path.exists(marker)
-    assert any(p.state == sha["a"] and "not signed" in p.message for p in dg.Experiment(exp_dir, signing_key=KEY).verify().problems)
+    assert any(
+        p.state == sha["a"] and "not signed" in p.message
+        for p in dg.Experiment(exp_dir, signing_key=KEY).verify().problems
+    )
     assert not os.path.exists(marker)
     # The control: without the key the same pickle is unpickled, so the trap above was live.
     with pytest.raises(Exception):  # noqa: B017 - the trap is not a state

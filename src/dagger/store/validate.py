@@ -123,7 +123,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-
 def parent_problems(parents: dict[str, Any]) -> dict[str, str]:
     """The states whose chain of parents is broken, each with the reason in words.
 
