@@ -41,6 +41,18 @@ def test_second_experiment_object_with_another_state_class_is_refused(exp_dir):
     assert len(dg.Experiment.restore(exp_dir).graph) == 2  # one tree, nothing overwritten
 
 
+def test_an_object_store_checks_after_writing(request):
+    """memory:// (fsspec) has no atomic create-if-absent: check, write, read back; the loser is refused."""
+    url = f"memory://claim-{request.node.name}-{os.getpid()}"
+    first = dg.Experiment(url, state_class=Alpha)
+    second = dg.Experiment(url, state_class=Beta)
+    Step(seed=1)(first.spawn_new_tree(name="a"))
+    with pytest.raises(dg.errors.StateClassMismatchError, match="Alpha"):
+        second.spawn_new_tree(name="a")
+    first.run(progress=False)
+    assert json.loads(first.store.get("experiment.json"))["state_class"].endswith("Alpha")
+
+
 def test_other_root_in_a_claimed_folder_is_refused(exp_dir):
     first = dg.Experiment(exp_dir, state_class=Alpha)
     second = dg.Experiment(exp_dir, state_class=Alpha)
