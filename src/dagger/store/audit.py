@@ -9,6 +9,7 @@ derived ``index.json`` agrees with the commit records it was built from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from dagger.errors import UntrustedPickleError
@@ -26,14 +27,20 @@ def _problem(file: str, message: str, state: str | None = None) -> Any:
     return Problem(file, message, state)
 
 
-def check_lineage(report: VerifyReport, metas: dict[str, dict[str, Any]], newest: dict[str, str]) -> None:
+def check_lineage(
+    report: VerifyReport, metas: dict[str, dict[str, Any]], newest: dict[str, str], committed: Iterable[str] = ()
+) -> None:
     """A problem for each state whose chain of parents is a cycle or ends at a missing parent.
 
     The states below such a state are counted in its problem, not listed one by one.
+    ``committed``: every state with a commit record, readable or not; a parent whose record
+    is unreadable is reported as that (elsewhere), not as missing.
     """
     from dagger.store.records import meta_key
 
-    problems = parent_problems({sha: meta.get("parent") for sha, meta in metas.items()})
+    parents: dict[str, Any] = dict.fromkeys(committed)  # unreadable records: where a lineage stops, unknown
+    parents.update((sha, meta.get("parent")) for sha, meta in metas.items())
+    problems = {sha: why for sha, why in parent_problems(parents).items() if sha in metas}
     below: dict[str, int] = {}
     for why in problems.values():
         if why.startswith("its ancestor "):

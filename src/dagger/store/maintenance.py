@@ -482,7 +482,7 @@ def verify(records: Records) -> VerifyReport:
             newest[sha] = rev
             metas[sha] = meta
     report.states = len(newest)
-    audit.check_lineage(report, metas, newest)
+    audit.check_lineage(report, metas, newest, records.committed())
 
     # Blobs: re-hash every one.
     blob_sizes: dict[str, int] = {}
