@@ -207,8 +207,10 @@ class Records:
         a writer that lost a close race sees the winner's record. Callers compare the returned
         record with their own and refuse to go on when they differ.
         """
-        self.store.put_if_absent(EXPERIMENT_KEY, encode_json(info))
-        stored = self.read_experiment()
+        stored = self.read_experiment()  # (a claimed folder needs no write: it may be read-only)
+        if stored is None:
+            self.store.put_if_absent(EXPERIMENT_KEY, encode_json(info))
+            stored = self.read_experiment()
         return info if stored is None else stored
 
     def _mark_layout(self) -> None:
