@@ -57,7 +57,7 @@ def test_new_experiments_name_blobs_with_blake3(tmp_path):
     for name, data in blobs.items():
         assert name == blake3.blake3(data).hexdigest()
     for header in _headers(exp):
-        assert set(header) == {"format", "blobs", "blake3"}
+        assert set(header) == {"format", "blobs", "blake3", "sha"}  # the pickle names its state
     _check_restores(exp, leaves)
     assert exp.verify().ok
 
@@ -78,7 +78,7 @@ def test_an_experiment_written_with_sha256_still_opens_restores_and_verifies(tmp
     for name, data in blobs.items():
         assert name == hashlib.sha256(data).hexdigest()
     for header in _headers(exp):
-        assert set(header) == {"format", "blobs", "sha256"}
+        assert set(header) == {"format", "blobs", "sha256", "sha"}
     _check_restores(exp, leaves)
     assert exp.verify().ok
 

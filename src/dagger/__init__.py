@@ -28,6 +28,7 @@ from dagger.errors import (
     StoreError,
     UnhashableError,
     UnknownPropertyError,
+    UntrustedPickleError,
 )
 
 # The experiment tree
@@ -73,6 +74,7 @@ __all__ = [
     "UnhashableError",
     "NotAnExperimentError",
     "StateClassMismatchError",
+    "UntrustedPickleError",
     "CorruptRecordError",
     "FormatVersionError",
     "StateNotFoundError",

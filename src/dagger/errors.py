@@ -69,6 +69,10 @@ class FormatVersionError(CorruptRecordError):
     """A stored file was written by a newer, incompatible version of dagger."""
 
 
+class UntrustedPickleError(CorruptRecordError):
+    """A state's pickle is not signed by the experiment's signing key, or names another state: it was not unpickled."""
+
+
 class StateNotFoundError(DaggerError, KeyError):
     """No state with that hash exists in the experiment."""
 

@@ -25,7 +25,7 @@ from typing import Any
 from dagger.errors import DefinitionError, RecipeReturnError, ResultNotStorableError
 from dagger.recipe import seeds_global_rngs
 from dagger.state import ExperimentState
-from dagger.store import open_store, pickling
+from dagger.store import open_store, pickling, signing
 from dagger.store._local import current_pid
 from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
 
@@ -46,6 +46,8 @@ class Runtime:
     lock_stale_after: float = 6 * 3600.0
     #: The Store object itself when the experiment was opened on one (not on a path or URL).
     store: Any = field(default=None, repr=False, compare=False)
+    #: The key that signs pickles (see dagger.store.signing); None: workers read $DAGGER_SIGNING_KEY.
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def records_key(self) -> tuple[Any, ...]:
         """Which of this process's Records (one per store and options) tasks of this runtime use."""
@@ -57,6 +59,7 @@ class Runtime:
                 self.blob_threshold,
                 self.verify_blobs,
                 self.fsync,
+                signing.key_id(signing.resolve_key(self.signing_key)),
             )
         return key
 
@@ -64,13 +67,15 @@ class Runtime:
         if self.store is not None:  # a Store object given by the caller: use it, not a fresh one
             recs = self.__dict__.get("_records")
             if recs is None:
-                recs = self.__dict__["_records"] = Records(self.store, self.blob_threshold, self.verify_blobs)
+                recs = self.__dict__["_records"] = Records(
+                    self.store, self.blob_threshold, self.verify_blobs, signing_key=self.signing_key
+                )
             return recs
         key = self.records_key()
         recs = _RECORDS.get(key)
         if recs is None:
             store = open_store(self.location, fsync=self.fsync, **self.storage_options)
-            recs = _RECORDS[key] = Records(store, self.blob_threshold, self.verify_blobs)
+            recs = _RECORDS[key] = Records(store, self.blob_threshold, self.verify_blobs, signing_key=self.signing_key)
         return recs
 
 

@@ -72,13 +72,15 @@ class Experiment:
         locking: bool = True,
         packages: Iterable[str] = (),
         on_code_change: str = "warn",
+        signing_key: bytes | str | None = None,
     ) -> None:
         if state_class is not None and not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise DefinitionError(f"state_class must be a subclass of dagger.ExperimentState, got {state_class!r}")
         self.storage_options = dict(storage_options or {})
         self.store = open_store(directory, fsync=fsync, **self.storage_options)
         self.directory = self.store.url
-        self.records = Records(self.store, blob_threshold, verify_blobs)
+        # With a key (or $DAGGER_SIGNING_KEY), pickles are signed and only signed ones are unpickled.
+        self.records = Records(self.store, blob_threshold, verify_blobs, signing_key=signing_key)
         self.records.keep_written = True  # it writes the index from them (re-tagged states)
         self.runtime = Runtime(
             location=self.store.url,
@@ -89,6 +91,7 @@ class Experiment:
             seed=seed,
             locking=locking,
             store=directory if isinstance(directory, Store) else None,
+            signing_key=None if signing_key is None else self.records.signing_key,
         )
         self.info = self.records.read_experiment()
         if state_class is not None and self.info is not None:
@@ -178,11 +181,25 @@ class Experiment:
                 "created": time.time(),
                 "environment": environment.capture(self.packages),
             }
-            self.records.write_experiment(self.info)
+            self.info = self._claim_folder(self.info, props)
         promise = ExperimentStatePromise(self, sha, None, None, None, None, list(self._tags), kwargs, props)
         self._root = promise
         self._promises[sha] = promise
         return promise
+
+    def _claim_folder(self, info: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+        """Create ``experiment.json`` unless another writer did first; refuse a folder claimed for another tree."""
+        stored = self.records.create_experiment(info)
+        if stored is not info:
+            assert self.state_class is not None
+            _check_state_class(stored, self.state_class, self.directory)
+            if stored.get("root") != info["root"]:
+                raise DefinitionError(
+                    f"{self.directory} was claimed meanwhile for a tree whose root has other properties "
+                    f"({stored.get('root_properties')}); a folder holds one tree. Use a new folder for root "
+                    f"properties {jsonable(props)}."
+                )
+        return stored
 
     def _add_child(
         self, parent: ExperimentStatePromise, recipe: Recipe, props: dict[str, Any], recipe_sha: str
@@ -306,6 +323,8 @@ class Experiment:
         start = time.time()
         forget_recent(self.runtime)
         keep_written(self.runtime)
+        if self._root is not None and self.info is not None:  # still our folder? (a writer that lost a race)
+            self._claim_folder(self.info, self._root.properties)
         # Decoded only where needed: a cached state's existence, tags and recipe source come from
         # the index's columns.
         stored = StoredMetas(self.records.load_index(on_corrupt=self._warn_corrupt))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from dagger.errors import InvalidHashError, StateNotFoundError
+from dagger.errors import CorruptRecordError, DaggerWarning, InvalidHashError, StateNotFoundError
 from dagger.state import ExperimentState
 
 if TYPE_CHECKING:
@@ -127,8 +128,28 @@ class NodeSet(Sequence[ExperimentState]):
                 yield node
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per state: hash, recipe, its properties along the lineage, tags, results."""
-        return [state_row(n) for n in self._nodes]
+        """One dict per state: hash, recipe, its properties along the lineage, tags, results.
+
+        A state whose lineage is broken (see :meth:`StaticExperimentTree.problems`) is left
+        out, with a warning that names it.
+        """
+        rows: list[dict[str, Any]] = []
+        broken: list[str] = []
+        for n in self._nodes:
+            tree = n.__dict__.get("_dg_tree")
+            if isinstance(tree, StaticExperimentTree) and n.sha() in tree.problems():
+                broken.append(f"{n.sha()[:12]} ({tree.problems()[n.sha()]})")
+                continue
+            rows.append(state_row(n))
+        if broken:
+            listed = "; ".join(broken[:3]) + (f"; and {len(broken) - 3} more" if len(broken) > 3 else "")
+            warnings.warn(
+                f"left {len(broken)} state(s) out of the table, their lineage is broken: {listed}. "
+                "Run `dagger verify` for details",
+                DaggerWarning,
+                stacklevel=2,
+            )
+        return rows
 
     def to_dataframe(self) -> Any:
         """The states as a pandas DataFrame (needs the ``pandas`` extra)."""
@@ -170,6 +191,14 @@ def _matcher(pattern: str) -> tuple[Any, bool]:
     return rx, neg
 
 
+#: How many applications of one recipe along a lineage get their own columns in tables
+#: (``R.x``, ``R#2.x``, ... ``R#4.x``); later ones show as ``R#last.x``, with ``R#applied``
+#: counting them. Bounded so that a table of a long chain is linear in its size.
+REPEATS_SHOWN = 4
+#: How deep the indentation of text trees goes before a deeper state starts again at the margin.
+INDENT_LEVELS = 40
+
+
 def state_row(node: ExperimentState) -> dict[str, Any]:
     """A flat record of one state for tables: identity, lineage's recipe properties, results."""
     meta = node._meta()
@@ -179,14 +208,7 @@ def state_row(node: ExperimentState) -> dict[str, Any]:
     row["tags"] = ", ".join(meta.get("tags", []))
     for key, value in (meta.get("properties") or {}).items():
         row[key] = value
-    seen: dict[str, int] = {}
-    for step in node.lineage()[1:]:
-        r = step._meta().get("recipe") or {}
-        name = r.get("name", "?")
-        seen[name] = seen.get(name, 0) + 1
-        column = name if seen[name] == 1 else f"{name}#{seen[name]}"  # a recipe applied again
-        for key, value in (r.get("properties") or {}).items():
-            row[f"{column}.{key}"] = value
+    row.update(_lineage_columns(node)[0])
     for fn, result in (meta.get("results") or {}).items():
         if isinstance(result, dict):
             for key, value in result.items():
@@ -197,6 +219,50 @@ def state_row(node: ExperimentState) -> dict[str, Any]:
     if run:
         row["duration_s"] = run.get("duration")
     return row
+
+
+_Columns = tuple[dict[str, Any], dict[str, int]]  # columns of the recipes along a lineage, applications per name
+
+
+def _lineage_columns(node: ExperimentState) -> _Columns:
+    """The recipe properties along ``node``'s lineage as table columns, and how often each recipe applies.
+
+    Each state's columns are its parent's plus its own recipe's, remembered by the tree, so
+    tabulating every state of a chain of n states costs n steps, not n squared. A state whose
+    lineage is broken (a cycle, a dangling parent) raises CorruptRecordError naming it.
+    """
+    tree = node.__dict__.get("_dg_tree")
+    cache: dict[str, _Columns] = tree._columns if isinstance(tree, StaticExperimentTree) else {}
+    if isinstance(tree, StaticExperimentTree) and node.sha() in tree.problems():
+        raise tree._broken(node.sha())
+    chain: list[ExperimentState] = []
+    current: ExperimentState | None = node
+    base: _Columns = ({}, {})
+    while current is not None:
+        known = cache.get(current.sha())
+        if known is not None:
+            base = known
+            break
+        chain.append(current)
+        current = current.parent
+    for step in reversed(chain):
+        recipe = step._meta().get("recipe")
+        if recipe is not None:
+            columns, counts = dict(base[0]), dict(base[1])
+            name = recipe.get("name", "?")
+            k = counts[name] = counts.get(name, 0) + 1
+            if k <= REPEATS_SHOWN:
+                column = name if k == 1 else f"{name}#{k}"  # a recipe applied again
+            else:
+                column = f"{name}#last"
+                for old in [c for c in columns if c.startswith(column + ".")]:
+                    del columns[old]
+                columns[f"{name}#applied"] = k
+            for key, value in (recipe.get("properties") or {}).items():
+                columns[f"{column}.{key}"] = value
+            base = (columns, counts)
+        cache[step.sha()] = base
+    return base
 
 
 class StaticExperimentTree:
@@ -223,10 +289,14 @@ class StaticExperimentTree:
         nodes: dict[str, ExperimentState] = {}
         children: dict[str, list[str]] = {}
         tags: dict[str, list[int]] = {}  # the tag index of self.nodes, built in the same pass
+        parents: dict[str, Any] = {}
         with paused_gc():
-            self._build(index, cls, nodes, children, tags)
+            self._build(index, cls, nodes, children, tags, parents)
         self._nodes = nodes
         self._children = children
+        self._parents = parents  # every state's recorded parent (None for a root)
+        self._problems: dict[str, str] | None = None
+        self._columns: dict[str, _Columns] = {}  # each state's lineage columns, for tables (see state_row)
         self.nodes = NodeSet._distinct(list(nodes.values()))  # one node per hash already
         self.nodes._tags = tags
 
@@ -237,8 +307,9 @@ class StaticExperimentTree:
         nodes: dict[str, ExperimentState],
         children: dict[str, list[str]],
         tags: dict[str, list[int]],
+        parents: dict[str, Any],
     ) -> None:
-        """Make one slim node per state, in tree order, with the children lists and the tag index."""
+        """Make one slim node per state, in tree order, with the children lists, the tag index and parents."""
         new = cls.__new__
         if index.lazy:
             # An up-to-date index: states already in tree order, browsing fields in columns.
@@ -260,10 +331,13 @@ class StaticExperimentTree:
                 nodes[sha] = node
                 if up >= 0:
                     children.setdefault(shas[up], []).append(sha)
+                    parents[sha] = shas[up]
                 elif up != -1:  # a parent that is not indexed: read it from the metadata
-                    parent = index.meta(sha).get("parent")
+                    parent = parents[sha] = index.meta(sha).get("parent")
                     if parent is not None:
                         children.setdefault(parent, []).append(sha)
+                else:
+                    parents[sha] = None
         else:
             ordered = sorted(index.decoded.items(), key=_position)
             for position, (sha, meta) in enumerate(ordered):
@@ -279,9 +353,32 @@ class StaticExperimentTree:
                 d["_dg_tree"] = self
                 d["_dg_loaded"] = False
                 nodes[sha] = node
-                parent = meta.get("parent")
+                parent = parents[sha] = meta.get("parent")
                 if parent is not None:
                     children.setdefault(parent, []).append(sha)
+
+    def problems(self) -> dict[str, str]:
+        """The states whose chain of parents never reaches a root, each with the reason in words.
+
+        A record edited so that a state's parent is its own child, or itself (a cycle), or
+        names a parent that is not stored (dangling), breaks that state and every state below
+        it: their lineage cannot be told. Browsing shows them apart, ``lineage()`` refuses them
+        with :class:`~dagger.errors.CorruptRecordError`, and ``dagger verify`` reports them.
+        Computed once, in time linear in the number of states.
+        """
+        if self._problems is None:
+            from dagger.store.validate import parent_problems
+
+            self._problems = parent_problems(self._parents)
+        return self._problems
+
+    def _broken(self, sha: str) -> CorruptRecordError:
+        """The error for browsing the lineage of a broken state (see :meth:`problems`)."""
+        return CorruptRecordError(
+            f"state {sha[:12]} has no lineage: {self.problems()[sha]}. A commit record was edited, or a parent's "
+            "records deleted: run `dagger verify` to list every such state; `dagger gc --unreachable` removes "
+            "states that do not lead back to the root"
+        )
 
     def _meta_of(self, sha: str) -> dict[str, Any]:
         """The full metadata of one of this tree's states, decoded from the index on first use."""
@@ -360,19 +457,32 @@ class StaticExperimentTree:
     def to_text(self, result: str | None = None) -> str:
         """The tree as indented text: recipe, properties, short hash, tags and results per state."""
         lines: list[str] = []
-
-        def walk(node: ExperimentState, prefix: str, last: bool, top: bool) -> None:
+        self._decode_all()
+        shown: set[str] = set()
+        # Depth first without recursion (a chain may be 10,000 states deep): (node, prefix, last, top, level).
+        # Indentation stops growing at INDENT_LEVELS: deeper states start again at the left margin,
+        # after a line that says so, so the text of a long chain grows linearly, not quadratically.
+        roots = [n for n in self._nodes.values() if self._parents.get(n.sha()) is None]
+        stack = [(n, "", True, True, 0) for n in reversed(roots)]
+        while stack:
+            node, prefix, last, top, level = stack.pop()
+            shown.add(node.sha())
+            if level >= INDENT_LEVELS:
+                depth = _browse(node).get("depth", "?")
+                lines.append(f"{prefix}{'└── ' if last else '├── '}… continued below at depth {depth}")
+                prefix, top, level = "", True, 0
             branch = "" if top else ("└── " if last else "├── ")
             lines.append(prefix + branch + _text_label(node, result))
             kids = self.children_of(node.sha())
             child_prefix = prefix + ("" if top else ("    " if last else "│   "))
-            for i, kid in enumerate(kids):
-                walk(kid, child_prefix, i == len(kids) - 1, False)
-
-        self._decode_all()
-        roots = [n for n in self._nodes.values() if _browse(n).get("parent") not in self._nodes]
-        for r in roots:
-            walk(r, "", True, True)
+            stack.extend(
+                (kid, child_prefix, i == len(kids) - 1, False, level + 1) for i, kid in reversed(list(enumerate(kids)))
+            )
+        broken = [n for n in self._nodes.values() if n.sha() not in shown]
+        if broken:  # never dropped silently: listed apart, with the reason
+            lines.append(f"broken lineage ({len(broken)} states not under a root; run `dagger verify`):")
+            problems = self.problems()
+            lines.extend(f"  {_text_label(n, result)}  ({problems.get(n.sha(), '?')})" for n in broken)
         return "\n".join(lines)
 
     # ---- pictures -------------------------------------------------------------------

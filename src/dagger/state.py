@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dagger.errors import DefinitionError, DeflatedStateError
+from dagger.errors import CorruptRecordError, DefinitionError, DeflatedStateError
 from dagger.store.pickling import _LargeBytes, wrap_large_bytes
 
 if TYPE_CHECKING:
@@ -158,7 +158,16 @@ class ExperimentState:
     def parent(self) -> ExperimentState | None:
         """The parent state in the experiment tree (slim), or None for the root."""
         parent = self._meta().get("parent")
-        return None if parent is None else self._tree().node(parent)
+        if parent is None:
+            return None
+        tree = self._tree()
+        found = tree._nodes.get(parent)
+        if found is None:
+            raise CorruptRecordError(
+                f"state {self.sha()[:12]}: its parent {str(parent)[:12]} is not in the store (a dangling parent). "
+                "Its parent's records were deleted or its record edited: run `dagger verify`"
+            )
+        return found
 
     @property
     def children(self) -> list[ExperimentState]:
@@ -170,6 +179,9 @@ class ExperimentState:
 
         Each state's ``.recipe`` tells how it was made from the one before.
         """
+        tree = self.__dict__.get("_dg_tree")
+        if tree is not None and self.sha() in tree.problems():  # a cycle or a dangling parent: no root
+            raise tree._broken(self.sha())
         path: list[ExperimentState] = []
         node: ExperimentState | None = self
         while node is not None:

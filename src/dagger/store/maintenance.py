@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from dagger.errors import CorruptRecordError
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import digest
+from dagger.store import audit, digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store
 from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
@@ -482,6 +482,7 @@ def verify(records: Records) -> VerifyReport:
             newest[sha] = rev
             metas[sha] = meta
     report.states = len(newest)
+    audit.check_lineage(report, metas, newest, records.committed())
 
     # Blobs: re-hash every one.
     blob_sizes: dict[str, int] = {}
@@ -503,6 +504,7 @@ def verify(records: Records) -> VerifyReport:
 
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
+    legacy: list[str] = []  # states whose pickle predates naming its state
     for sha in sorted(newest):
         try:
             key, raw = records.read_pickle(sha)
@@ -528,6 +530,7 @@ def verify(records: Records) -> VerifyReport:
             report.problems.append(Problem(key, "the state pickle is truncated (no STOP opcode at its end)", sha))
         elif not checksum_matches(header, memoryview(raw)[raw.find(b"\n") + 1 :]):
             report.problems.append(Problem(key, "the state pickle does not match its checksum (modified)", sha))
+        audit.check_binding(report, records, sha, key, header, raw, legacy)
         for name, size in header.get("blobs", []):
             users.setdefault(name, []).append(sha)
             bkey = blob_key(name)
@@ -542,6 +545,9 @@ def verify(records: Records) -> VerifyReport:
     for name, message in bad_blobs.items():
         if name not in users:
             report.problems.append(Problem(blob_key(name), message + " (no state uses it)"))
+
+    audit.note_legacy(report, legacy, records)
+    audit.check_index(report, records, metas, newest)
 
     # Leftovers: not problems, but worth a note.
     leftovers = len(store.temp_keys())

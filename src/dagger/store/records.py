@@ -50,8 +50,9 @@ from dagger.errors import (
     StoreError,
 )
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import _fastio, digest, pickling
+from dagger.store import _fastio, digest, pickling, signing
 from dagger.store.base import Store
+from dagger.store.validate import meta_problem
 
 # Bound of the in-memory copies of recently saved pickles (see Records._remember).
 _RECENT_MAX_BYTES = 32 * 1024 * 1024
@@ -130,8 +131,11 @@ class Records:
         blob_threshold: int = pickling.DEFAULT_THRESHOLD,
         verify_blobs: bool = True,
         blob_hash: str | None = None,
+        signing_key: bytes | str | None = None,
     ):
         self.store = store
+        #: With a key, every pickle is written signed and none is unpickled unless signed (see signing).
+        self.signing_key = signing.resolve_key(signing_key)
         self._blob_hash = None if blob_hash is None else digest.check(blob_hash)
         self.blob_threshold = blob_threshold
         self.verify_blobs = verify_blobs
@@ -195,6 +199,20 @@ class Records:
         self.store.put(EXPERIMENT_KEY, encode_json(info))
         self._layout_ok = info.get("format", 0) >= STORE_FORMAT
 
+    def create_experiment(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Write ``experiment.json`` only if there is none; return the record the folder holds afterwards.
+
+        The first writer wins: on a local folder the file is created with a hard link, which never
+        replaces one (atomic); on an object store it is a check, then a write, then a read back, so
+        a writer that lost a close race sees the winner's record. Callers compare the returned
+        record with their own and refuse to go on when they differ.
+        """
+        stored = self.read_experiment()  # (a claimed folder needs no write: it may be read-only)
+        if stored is None:
+            self.store.put_if_absent(EXPERIMENT_KEY, encode_json(info))
+            stored = self.read_experiment()
+        return info if stored is None else stored
+
     def _mark_layout(self) -> None:
         """Before the first record that carries a pickle: say so in ``experiment.json`` (layout 2).
 
@@ -232,6 +250,12 @@ class Records:
         _check_format(meta, key)
         if meta.get("sha") != sha:
             raise CorruptRecordError(f"{key} describes state {meta.get('sha')!r}, not {sha}")
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise CorruptRecordError(
+                f"{key} is not a valid commit record: {problem}. The file was edited or damaged; "
+                f"{_recompute_hint(sha).replace('Run', 'run', 1)}"
+            )
         meta["rev"] = rev
         return meta
 
@@ -397,7 +421,11 @@ class Records:
             checksum = digest.hexdigest(algorithm, data)
             # The header is JSON; written by hand (no encoder call per state), as `_parse_json` reads it.
             listed = encode_json(blobs).decode() if blobs else "[]"
-            header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}"}}\n'.encode()
+            # It names its state (a copy in another state's record is refused), and with a key, is signed.
+            signed = "" if self.signing_key is None else (
+                f',"hmac":"{signing.signature(self.signing_key, sha, listed, data)}"'
+            )
+            header = f'{{"format":{FORMAT_VERSION},"blobs":{listed},"{algorithm}":"{checksum}","sha":"{sha}"{signed}}}\n'.encode()
             out: dict[str, Any] = {"pickle_bytes": len(header) + len(data), "blobs": blobs}
             if inline and len(header) + len(data) <= INLINE_MAX:
                 out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
@@ -431,6 +459,7 @@ class Records:
                     f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
                     f"truncated. {_recompute_hint(sha)}"
                 )
+            signing.check(header, sha, data, self.signing_key, key)  # before anything is unpickled
         try:
             return pickling.loads(data, blobs, self._source, map_location)
         except CorruptRecordError as exc:
@@ -660,7 +689,7 @@ def _ints(column: Any, n: int, low: int, high: int) -> bool:
 
 def _describes(meta: Any, sha: str, rev: Any) -> bool:
     """Whether ``meta`` (decoded from the index) is the metadata of ``sha`` at revision ``rev``."""
-    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev
+    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev and meta_problem(meta) is None
 
 
 class SlimIndex:
@@ -739,6 +768,7 @@ class SlimIndex:
             and type(tags) is list
             and len(tags) == n
             and not set(map(type, tags)) - {list}
+            and all(type(t) is str for labels in tags for t in labels)
             and _ints(columns.get("parent"), n, _UNINDEXED_PARENT, n)
             and _ints(columns.get("depth"), n, 0, 1 << 62)
             and _ints(columns.get("p"), n, 0, len(props))

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dagger.drawing import flat_results, node_specs, status_of
-from dagger.drawing.layout import Layout, layout
+from dagger.drawing.layout import layout
 from dagger.errors import NotAnExperimentError
 from dagger.graph import StaticExperimentTree, state_row
 from dagger.store.records import INDEX_KEY, SlimIndex, paused_gc
