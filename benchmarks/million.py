@@ -13,10 +13,13 @@ when it exits):
   per node (``tree8``), tagged ``group:<i % 100>``: define, cold run, fully
   cached rerun, slim restore, tag query, peak memory; plain Dask running the
   same dependency graph of no-op tasks; files and bytes on disk per state.
+- ``s3``: S3 requests per state and per run, counted at the client on a local S3
+  server (moto), for the current store and for the segment layer's batches.
 
     python benchmarks/million.py                          # segments to 1,000,000; store to 100,000
     python benchmarks/million.py segments 100 1000000     # only the segment layer, these sizes
     python benchmarks/million.py store 100000             # only the current store, these sizes
+    python benchmarks/million.py s3 500                   # only the S3 request counts, N states
 
 Prints one JSON line.
 """
@@ -221,6 +224,83 @@ def store_part(sizes: tuple[int, ...]) -> dict:
     return out
 
 
+# ---- object-store requests ---------------------------------------------------------------------------
+
+
+def s3_part(n: int = 500, batch: int = 1000) -> dict:
+    """S3 requests (PUT, GET, LIST, HEAD, ...) per state and per run, counted at the client on a local S3 server.
+
+    The current store: a cold run, a fully cached rerun and a slim restore of an ``n``-state tree8. The
+    segment layer: ``n`` records written in batches of ``batch``, then read back.
+    """
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    import dagger as dg
+    from dagger.store import FsspecStore
+    from dagger.store.segments import BatchSegmentWriter, latest
+
+    sys.path.insert(0, HERE)
+    from _workload import State, define
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        os.environ.setdefault(key, value)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    calls: dict[str, int] = {}
+    try:
+        options = {"key": "testing", "secret": "testing", "use_listings_cache": False}
+        options["client_kwargs"] = {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}
+        fs = fsspec.filesystem("s3", **options)  # the instance every store below gets (fsspec caches it)
+        import boto3
+
+        endpoint = options["client_kwargs"]["endpoint_url"]
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        real = fs._call_s3
+
+        async def counting(method: str, *a: object, **kw: object) -> object:
+            calls[method] = calls.get(method, 0) + 1
+            return await real(method, *a, **kw)
+
+        fs._call_s3 = counting
+
+        def take() -> dict[str, int]:
+            out = dict(calls)
+            calls.clear()
+            return out
+
+        out: dict = {"s3_states": n, "s3_batch": batch}
+        exp = dg.Experiment("s3://bench/store", state_class=State, storage_options=options)
+        define(exp, SHAPE, n)
+        take()
+        exp.run(progress=False)
+        out["s3_store_cold_run_requests"] = take()
+        exp = dg.Experiment("s3://bench/store", state_class=State, storage_options=options)
+        define(exp, SHAPE, n)
+        take()
+        exp.run(progress=False)
+        out["s3_store_cached_run_requests"] = take()
+        dg.Experiment.restore("s3://bench/store", state_class=State, slim=True, storage_options=options)
+        out["s3_store_restore_requests"] = take()
+        store = FsspecStore("s3://bench/segments", **options)
+        with BatchSegmentWriter(store, max_records=batch, max_delay=0) as writer:
+            for i in range(n):
+                writer.append(b"x" * 700, key=f"{i:064x}", rev="0" * 20)
+        out["s3_segments_write_requests"] = take()
+        assert len(latest(store)) == n
+        out["s3_segments_read_requests"] = take()
+        for key in ("s3_store_cold_run_requests", "s3_segments_write_requests"):
+            out[key.replace("_requests", "_per_state")] = {m: round(c / n, 3) for m, c in out[key].items()}
+        return out
+    finally:
+        server.stop()
+
+
 def main(*args: str) -> dict:
     out: dict = {"workload": "million", "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()[0]}
     part = args[0] if args else "all"
@@ -230,6 +310,8 @@ def main(*args: str) -> dict:
         out.update(segments_part(sizes or SEGMENT_SIZES))
     if part in ("all", "store"):
         out.update(store_part(sizes or STORE_SIZES))
+    if part in ("all", "s3"):
+        out.update(s3_part(*sizes))
     out["seconds"] = time.perf_counter() - t0
     out["loadavg_after"] = os.getloadavg()[0]
     return out
