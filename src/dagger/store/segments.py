@@ -201,7 +201,8 @@ class SegmentWriter:
             if self._closed:
                 raise ValueError("this segment writer is closed")
             if self._fd < 0 or self._pid != current_pid():
-                # (after fork the parent's file stays the parent's: its descriptor is left alone here)
+                if self._fd >= 0:  # forked: the parent's file stays the parent's (its lock too: flock is shared)
+                    os.close(self._fd)
                 self._open()
             try:
                 done = os.write(self._fd, frame)
@@ -440,8 +441,10 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
     name, flushed to the device (``fsync``), and renamed into place *before* the
     old ones are removed: a crash in between leaves both, and readers, which
     keep the newest revision of each key, read the same thing either way.
-    Tombstones are kept unless every segment took part (then nothing older can
-    come back). One compaction at a time per folder (others return ``busy``).
+    Tombstones are kept unless every segment of a local folder took part (then
+    nothing older can come back). One compaction at a time per local folder
+    (others return ``busy``); on object stores two at once lose nothing (each
+    removes only segments whose records it wrote first) but may leave duplicates.
     """
     out = Compaction()
     folder = os.path.join(store.root, FOLDER) if isinstance(store, LocalStore) else None
@@ -469,7 +472,9 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
         if len(scans) < min_segments:
             return out
         merged = newest_all(record for _, scan in scans for record in scan.records)
-        keep_tombstones = bool(out.live)
+        # Tombstones go only when every segment took part, under the folder's lock. On object stores,
+        # where nothing stops two compactions at once, one that missed a tombstone could bring a record back.
+        keep_tombstones = bool(out.live) or folder is None
         frames = [
             encode_frame(DELETE if r.deleted else RECORD, r.key, r.rev, r.payload)
             for r in merged.values()
