@@ -329,6 +329,19 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
             out.append(f"| {label} | " + " | ".join(_f(result.get(f"seg_{k}_{key}")) for k in seg_sizes) + " |")
         out += ["", f"Payload: a real first commit record of a trivial state, {_f(result.get('record_bytes_with_pickle'))} B "
                 f"({_f(result.get('record_bytes_without_pickle'))} B without the pickle it carries)."]
+    if "s3_states" in result:
+        n = result["s3_states"]
+        out += ["", f"S3 requests, counted at the client on a local S3 server ({n:,}-state tree8; segment batches of "
+                f"{result.get('s3_batch', 0):,}):", "", "| run | requests |", "|---|---|"]
+        for label, key in (
+            ("current store, cold run, per state", "s3_store_cold_run_per_state"),
+            ("current store, fully cached rerun, whole run", "s3_store_cached_run_requests"),
+            ("current store, slim restore, whole run", "s3_store_restore_requests"),
+            ("segments, writing, per state", "s3_segments_write_per_state"),
+            ("segments, reading all, whole run", "s3_segments_read_requests"),
+        ):
+            counts = result.get(key) or {}
+            out.append(f"| {label} | " + ", ".join(f"{m} {_f(c)}" for m, c in sorted(counts.items())) + " |")
     return out
 
 

@@ -124,14 +124,14 @@ def decode_segment(data: bytes) -> Scan:
         body = data[pos + _HEAD : end]
         if crc32(body, crc32(data[pos : pos + 9])) != crc:
             break
-        pos = end + 1
         if kind == 83:  # S: sealed, nothing after it counts
-            out.sealed = True
+            pos, out.sealed = end + 1, True
             break
         parts = body.split(b" ", 2)
-        if len(parts) != 3:
-            break
-        append(SegmentRecord(parts[0].decode("ascii"), parts[1].decode("ascii"), parts[2], kind == 68))
+        if len(parts) != 3 or not (parts[0].isascii() and parts[1].isascii()):
+            break  # checks, yet not a frame this module writes: read nothing from here on
+        append(SegmentRecord(parts[0].decode(), parts[1].decode(), parts[2], kind == 68))
+        pos = end + 1
     out.whole_bytes = pos
     out.torn_bytes = n - pos
     return out
