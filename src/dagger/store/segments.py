@@ -472,22 +472,26 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
         if len(scans) < min_segments:
             return out
         merged = newest_all(record for _, scan in scans for record in scan.records)
+        sources = [(name, len(scan.records), scan.whole_bytes + scan.torn_bytes) for name, scan in scans]
+        del scans  # only the newest records stay in memory, and the new segment's bytes
         # Tombstones go only when every segment took part, under the folder's lock. On object stores,
         # where nothing stops two compactions at once, one that missed a tombstone could bring a record back.
         keep_tombstones = bool(out.live) or folder is None
-        frames = [
-            encode_frame(DELETE if r.deleted else RECORD, r.key, r.rev, r.payload)
-            for r in merged.values()
-            if keep_tombstones or not r.deleted
-        ]
-        data = b"".join(frames) + _seal_frame(len(frames))
+        data = bytearray()
+        for r in merged.values():
+            if keep_tombstones or not r.deleted:
+                data += encode_frame(DELETE if r.deleted else RECORD, r.key, r.rev, r.payload)
+                out.records_out += 1
+        del merged
+        data += _seal_frame(out.records_out)
         name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
         _put_durably(store, name, data, fsync)
-        out.written, out.bytes_out, out.records_out = name, len(data), len(frames)
-        for old, scan in scans:
+        out.written, out.bytes_out = name, len(data)
+        del data
+        for old, count, size in sources:
             out.merged.append(old)
-            out.records_in += len(scan.records)
-            out.bytes_in += scan.whole_bytes + scan.torn_bytes
+            out.records_in += count
+            out.bytes_in += size
             if folder:
                 _remove(os.path.join(folder, old))
             else:
@@ -513,7 +517,7 @@ def newest_all(records: Any) -> dict[str, SegmentRecord]:
     return out
 
 
-def _put_durably(store: Store, name: str, data: bytes, fsync: bool) -> None:
+def _put_durably(store: Store, name: str, data: bytes | bytearray, fsync: bool) -> None:
     if not isinstance(store, LocalStore):
         store.put(f"{FOLDER}/{name}", data)  # one request: the object is there whole or not at all
         return
