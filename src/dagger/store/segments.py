@@ -35,6 +35,7 @@ Use::
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import re
 import socket
@@ -42,6 +43,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -102,8 +104,30 @@ class Scan:
     torn_bytes: int = 0  # bytes after it (a torn tail, or damage: nothing after them is read)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many records that all stay alive.
+
+    Each young collection on the way would scan the growing list again: reading a million
+    records took 18.8 s with it running (1.2 s for 100,000), the collector's doing.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def decode_segment(data: bytes) -> Scan:
     """Every whole frame of a segment's bytes, in order, stopping at the first that is not whole."""
+    with _collector_paused():
+        return _decode(data)
+
+
+def _decode(data: bytes) -> Scan:
     out = Scan()
     append = out.records.append
     crc32 = zlib.crc32
@@ -510,10 +534,11 @@ def newest_all(records: Any) -> dict[str, SegmentRecord]:
     """The highest revision per key, tombstones included (for compaction)."""
     out: dict[str, SegmentRecord] = {}
     get = out.get
-    for record in records:
-        known = get(record.key)
-        if known is None or record.rev > known.rev:
-            out[record.key] = record
+    with _collector_paused():
+        for record in records:
+            known = get(record.key)
+            if known is None or record.rev > known.rev:
+                out[record.key] = record
     return out
 
 
