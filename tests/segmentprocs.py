@@ -54,6 +54,8 @@ def read(folder: str, keys_file: str, stop_file: str) -> None:
                 print(f"read {reads}: {key} is {'missing' if record is None else 'wrong: ' + record.rev}")
                 sys.exit(3)
         reads += 1
+        if reads == 1:
+            print("reading", flush=True)  # the test starts compacting once every reader reads
     print(reads)
 
 

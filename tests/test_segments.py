@@ -281,6 +281,7 @@ def test_compaction_under_concurrent_reader_processes(tmp_path):
     with open(keys_file, "w") as f:
         json.dump(expected, f)
     readers = [_start("read", folder, keys_file, stop_file) for _ in range(2)]
+    assert [r.stdout.readline().strip() for r in readers] == ["reading", "reading"]
     try:
         for round_ in range(2, 30):
             rev = f"{round_:04d}"
