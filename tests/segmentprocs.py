@@ -5,6 +5,9 @@
     python segmentprocs.py read FOLDER KEYS STOPFILE     read until STOPFILE exists; exit 3 if a key is missing
     python segmentprocs.py s3 URL OPTIONS TAG COUNT MAX  batch COUNT records to S3 (MAX per object), then die
                                                           without closing; print each key once flushed
+    python segmentprocs.py full FOLDER LIMIT             append until the kernel refuses to grow the file past
+                                                          LIMIT bytes (RLIMIT_FSIZE: a real short write, then
+                                                          EFBIG), print the error, lift the limit, append "after"
 
 Payloads are derived from the key (:func:`payload`), so a reader can tell a
 whole record from a damaged one. A committed key is printed (and stdout
@@ -73,6 +76,29 @@ def s3(url: str, options: str, tag: str, count: int, per_object: int) -> None:
     os._exit(0)  # a crash: no close, so the records still waiting are never written
 
 
+def full(folder: str, limit: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then fails the write instead of killing us
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    writer = SegmentWriter(LocalStore(folder))
+    writer.append(payload("first"), key="first", rev="1")  # the segment exists before the limit applies
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    i = 0
+    try:
+        while True:
+            key = f"k{i}"
+            writer.append(payload(key), key=key, rev="1")
+            print(key, flush=True)
+            i += 1
+    except OSError as exc:
+        print(f"error {exc.errno}", flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    writer.append(payload("after"), key="after", rev="1")
+    writer.close()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "write":
@@ -81,6 +107,8 @@ if __name__ == "__main__":
         write(args[0], args[1], None)
     elif mode == "read":
         read(*args)
+    elif mode == "full":
+        full(args[0], int(args[1]))
     elif mode == "s3":
         s3(args[0], args[1], args[2], int(args[3]), int(args[4]))
     else:

@@ -7,6 +7,7 @@ and the S3 test server, with requests counted at the client as they go out.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -134,25 +135,19 @@ def test_a_damaged_record_is_not_read_and_neither_is_anything_after_it(tmp_path)
     assert sorted(sg.latest(store)) == ["a"]
 
 
-def test_a_failed_append_leaves_no_partial_frame(tmp_path, monkeypatch):
-    store = LocalStore(str(tmp_path))
-    writer = sg.SegmentWriter(store)
-    writer.append(payload("a"), key="a", rev=REV)
-    real_write = os.write
-
-    def half_then_enospc(fd, data):  # the disk fills up half-way through the frame
-        real_write(fd, bytes(data)[: len(data) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(sg.os, "write", half_then_enospc)
-    with pytest.raises(OSError, match="No space"):
-        writer.append(payload("b"), key="b", rev=REV)
-    monkeypatch.setattr(sg.os, "write", real_write)
-    writer.append(payload("c"), key="c", rev=REV)  # the next append goes on after "a", not after half of "b"
-    writer.close()
-    (name,) = _segment_files(str(tmp_path))
-    scan = sg.decode_segment(open(os.path.join(str(tmp_path), sg.FOLDER, name), "rb").read())
-    assert [r.key for r in scan.records] == ["a", "c"] and scan.sealed and scan.torn_bytes == 0
+def test_a_failed_append_leaves_no_partial_frame(tmp_path):
+    """The kernel refuses to grow the file mid-frame (a real short write, then EFBIG, as a full disk would)."""
+    folder = str(tmp_path)
+    frame = len(sg.encode_frame(sg.RECORD, "first", REV, payload("first")))
+    proc = _start("full", folder, str(frame * 3 + frame // 2))  # the limit falls inside a frame
+    out = proc.communicate(timeout=120)[0].split()
+    assert proc.returncode == 0 and out[-2:] == ["error", str(errno.EFBIG)], out
+    committed = ["first"] + out[:-2]
+    assert 2 <= len(committed) <= 4
+    (name,) = _segment_files(folder)
+    scan = sg.decode_segment(open(os.path.join(folder, sg.FOLDER, name), "rb").read())
+    # The partial frame was cut off: the next append followed the last whole one, and the file is sealed.
+    assert [r.key for r in scan.records] == committed + ["after"] and scan.sealed and scan.torn_bytes == 0
 
 
 def test_a_writer_used_after_fork_writes_a_segment_of_its_own(tmp_path):
