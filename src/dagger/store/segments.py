@@ -370,7 +370,9 @@ class BatchSegmentWriter:
         self.close()
 
 
-def open_writer(store: Store, fsync: bool = False, max_records: int = 1000, max_delay: float = 5.0) -> Any:
+def open_writer(
+    store: Store, fsync: bool = False, max_records: int = 1000, max_delay: float = 5.0
+) -> SegmentWriter | BatchSegmentWriter:
     """The writer for ``store``: appends to a file of its own in a local folder, batches objects elsewhere."""
     if isinstance(store, LocalStore):
         return SegmentWriter(store, fsync=fsync or store.fsync)
