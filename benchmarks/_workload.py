@@ -41,6 +41,8 @@ def parent_index(shape: str, i: int) -> int:
         return 0
     if shape == "tree":
         return (i - 1) // 2
+    if shape == "tree8":  # 8 children per node (benchmarks/million.py; not one of SHAPES)
+        return (i - 1) // 8
     raise ValueError(shape)
 
 

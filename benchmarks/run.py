@@ -225,6 +225,7 @@ TITLES = {
     "tag_query": "Tag queries over 5,000 states",
     "ui_10k": "The explorer (`dagger ui`) on 10,000 states",
     "scaling": "Scaling curve: per-state cost from 100 to 20,000 states",
+    "million": "Million states (issue 21)",
 }
 
 FLOOR_KEYS = ("atomic_write_ms", "atomic_fsync_write_ms", "floor_bytes", "seq_write_ms", "seq_read_ms")
@@ -251,6 +252,139 @@ def _scaling_table(result: dict[str, Any]) -> list[str]:
             cells = [_f(result.get(f"{shape}_{n}_{kind}_ms_per_state")) for n in sizes]
             flat = _f(result.get(f"{shape}_cold_flatness")) if kind == "cold" else ""
             out.append(f"| {shape} | {kind}, ms/state | " + " | ".join(cells) + f" | {flat} |")
+    return out
+
+
+MILLION_NOTES = [
+    "Issue 21 asks for a million states. Phase 1 built the segment layer (`dagger.store.segments`:",
+    "append-only commit-record segments, see `docs/storage.md`, \"Segments\") beside the current store;",
+    "phase 2 wires it in. So the *before* column is the current store (one file per state) on a",
+    "tree with 8 children per node, measured at the largest size below (a 1,000,000 column where",
+    "linear growth is assumed is marked *if linear*), and the *after* column waits for phase 2; the",
+    "segment layer's own raw cost, measured to 1,000,000 records, is the last table. Each step runs",
+    "in a fresh process; peak memory is the process's maximum resident size.",
+    "",
+]
+
+
+MILLION_FINDINGS = [
+    "What the 2026-12-04 run (load average 9-15 on 2 cores: every other worker was running tests, so absolute",
+    "times are about twice a quiet machine's) says:",
+    "",
+    "- **The current store misses the scale targets, and the reasons are measured.** A cold run pays about",
+    "  8x plain Dask on the same graph (target 2x): plain Dask spends about 94 us per no-op task here, the",
+    "  store 746 us per state, of which creating one file per state is the part that a log removes (a",
+    "  file creation cost 16-900 us, an append 0.4-1.5 us). Extrapolated linearly to 1,000,000 states:",
+    "  cold run about 750 s (target 240), define 52 s (15), cached rerun 24 s of run plus 74 s of",
+    "  definition (20), slim restore 23 s (3), peak memory 9.6 GiB (2). Tag queries already meet theirs.",
+    "  Each state takes a 4 KiB block for a 1.3 KB record (target 400 B) and 100,003 files at 100,000.",
+    "- **The segment layer alone** appends a real 1.25 KB record in 6-8 us (one `write`; flat from 10,000 to",
+    "  1,000,000), so 1,000,000 commit records cost about 7 s of writing, where creating 1,000,000 files",
+    "  costs 16-40 s on a quiet disk (16-40 us each here) and up to 15 minutes in a slow spell after a",
+    "  large delete (900 us each). Reading all of them back took 7.5 s at 1,000,000 (0.9 s at 100,000) and",
+    "  3.0 GiB at the peak: every record's payload is held in memory. So phase 2 must not make restore",
+    "  decode every record: the slim restore reads an index (a compacted segment's columns, as index.json",
+    "  holds them today), and records keep the pickle out of what is read for browsing.",
+    "- **Bytes**: framing adds 104 B to a 1,250 B record (64-digit key, 20-digit revision), 1,354 B a",
+    "  record with no block rounding; a zlib'd compacted segment needs 59 B per record, because records",
+    "  of one tree repeat almost everything. The 400 B target is reachable by compressing compacted",
+    "  segments, not by the framing: most of a record is its JSON (682 B) and its carried pickle.",
+    "- **fsync per append** costs 1-4.5 ms on this disk (the device's flush, not the file system), so",
+    "  `fsync=True` should flush once per batch of appends (`flush()`), not once per record.",
+    "",
+]
+
+
+def _million_tables(result: dict[str, Any]) -> list[str]:
+    """Issue 21's targets before/after, the current store's curve and the segment layer's raw cost."""
+    sizes, seg_sizes = result.get("store_sizes") or [], result.get("segment_sizes") or []
+    out = list(MILLION_NOTES)
+    if sizes:
+        n = max(sizes)
+        p = f"store_{n}_"
+        scale = 1_000_000 / n
+
+        def at(key: str, unit: str, linear: bool = True, digits: int = 3) -> str:
+            value = result.get(p + key)
+            if value is None:
+                return ""
+            text = f"{_f(value, digits)} {unit} at {n:,}"
+            return text + (f" ({_f(value * scale, digits)} {unit} at 1,000,000 if linear)" if linear and n < 1_000_000 else "")
+
+        seg = max(seg_sizes) if seg_sizes else None
+        meta = f"{_f(result.get(p + 'meta_bytes_per_state'))} B in a file of {_f(result.get(p + 'meta_allocated_bytes_per_state'))} B on disk"
+        if seg:
+            meta += f"; segments, raw: {_f(result.get(f'seg_{seg}_bytes_per_record'))} B"
+            meta += f" ({_f(result.get(f'seg_{seg}_zlib_bytes_per_record'))} B zlib'd)"
+        rows = [
+            ("cold tree run / plain Dask, same graph of no-op tasks", "<= 2 x", f"{_f(result.get(p + 'run_over_dask'))} x at {n:,}"),
+            ("define, 1,000,000 states", "<= 15 s", at("define_s", "s")),
+            ("cold run, 1,000,000 states", "<= 240 s", at("run_s", "s")),
+            ("fully cached rerun (run; define apart), 1,000,000", "<= 20 s", at("cached_run_s", "s") + "; define " + at("cached_define_s", "s", False)),
+            ("slim restore, 1,000,000", "<= 3 s", at("restore_s", "s")),
+            ("tag query (one tag; first query)", "<= 100 ms", f"{_f(result.get(p + 'tag_one_s', 0) * 1e3)} ms; {_f(result.get(p + 'tag_first_s', 0) * 1e3)} ms at {n:,}"),
+            ("peak memory, cold run (200,000: <= 600 MiB)", "<= 2 GiB at 1,000,000", at("run_peak_mb", "MiB")),
+            ("metadata on disk per trivial state", "<= 400 B", meta),
+        ]
+        out += ["| figure | target | before: current store | after: segments |", "|---|---|---|---|"]
+        out += [f"| {label} | {target} | {before} | phase 2: not wired yet |" for label, target, before in rows]
+        out += ["", f"Current store, {result.get('shape', 'tree8')} tagged `group:<i % {result.get('tags', 100)}>`:", ""]
+        out.append("| states | " + " | ".join(f"{k:,}" for k in sizes) + " |")
+        out.append("|---|" + "---|" * len(sizes))
+        for label, key, factor in (
+            ("define, s", "define_s", 1),
+            ("cold run, us/state", "run_us_per_state", 1),
+            ("plain Dask, us/task", "dask_run_s", None),
+            ("cold run / plain Dask", "run_over_dask", 1),
+            ("cold run peak, MiB", "run_peak_mb", 1),
+            ("plain Dask peak, MiB", "dask_peak_mb", 1),
+            ("cached rerun: run, s", "cached_run_s", 1),
+            ("cached rerun: define, s", "cached_define_s", 1),
+            ("slim restore, s", "restore_s", 1),
+            ("tag query, one tag, ms", "tag_one_s", 1e3),
+            ("files in the folder", "files", 1),
+            ("bytes on disk per state (allocated)", "allocated_bytes_per_state", 1),
+        ):
+            cells = []
+            for k in sizes:
+                value = result.get(f"store_{k}_{key}")
+                if value is not None and factor is None:  # per task, in us
+                    value = value / k * 1e6
+                elif value is not None:
+                    value = value * factor
+                cells.append(_f(value))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if seg_sizes:
+        out += ["", "The segment layer alone (4 writers of N/4 records, one `write` per record, no fsync; compaction fsync'd):", ""]
+        out.append("| records | " + " | ".join(f"{k:,}" for k in seg_sizes) + " |")
+        out.append("|---|" + "---|" * len(seg_sizes))
+        for label, key in (
+            ("append, us/record", "append_us_per_record"),
+            ("read all (newest per key), s", "read_s"),
+            ("compact 4 segments into 1, s", "compact_s"),
+            ("read after compaction, s", "read_after_compact_s"),
+            ("bytes per record (payload + 104 B frame)", "bytes_per_record"),
+            ("... zlib'd compacted segment", "zlib_bytes_per_record"),
+            ("append with fsync, us/record (1,000)", "fsync_append_us_per_record"),
+            ("peak memory, MiB", "peak_mb"),
+        ):
+            out.append(f"| {label} | " + " | ".join(_f(result.get(f"seg_{k}_{key}")) for k in seg_sizes) + " |")
+        out += ["", f"Payload: a real first commit record of a trivial state, {_f(result.get('record_bytes_with_pickle'))} B "
+                f"({_f(result.get('record_bytes_without_pickle'))} B without the pickle it carries)."]
+    out += [""] + MILLION_FINDINGS
+    if "s3_states" in result:
+        n = result["s3_states"]
+        out += ["", f"S3 requests, counted at the client on a local S3 server ({n:,}-state tree8; segment batches of "
+                f"{result.get('s3_batch', 0):,}):", "", "| run | requests |", "|---|---|"]
+        for label, key in (
+            ("current store, cold run, per state", "s3_store_cold_run_per_state"),
+            ("current store, fully cached rerun, whole run", "s3_store_cached_run_requests"),
+            ("current store, slim restore, whole run", "s3_store_restore_requests"),
+            ("segments, writing, per state", "s3_segments_write_per_state"),
+            ("segments, reading all, whole run", "s3_segments_read_requests"),
+        ):
+            counts = result.get(key) or {}
+            out.append(f"| {label} | " + ", ".join(f"{m} {_f(c)}" for m, c in sorted(counts.items())) + " |")
     return out
 
 
@@ -584,6 +718,8 @@ def render(
             lines += _known_table(result, KNOWN[name])
         elif name == "scaling":
             lines += _scaling_table(result)
+        elif name == "million":
+            lines += _million_tables(result)
         else:
             lines += _generic_table(result)
         floor_line = _floor_line(result)
