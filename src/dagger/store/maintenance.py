@@ -21,6 +21,7 @@ written, so they are kept and reported as skipped.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,12 +31,14 @@ from dagger.hashing import FORMAT_VERSION
 from dagger.store import digest
 from dagger.store._local import LocalStore
 from dagger.store.base import Store
+from dagger.store.leases import WRITER_PREFIX, GcMarker, live
 from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
 from dagger.store.records import (
     _META_NAME,
     EXPERIMENT_KEY,
     FIRST_REV,
     INDEX_KEY,
+    INLINE_FIELD,
     Records,
     blob_key,
     checksum_matches,
@@ -58,6 +61,8 @@ UNREADABLE = "unreadable_first_records"
 TMP_GRACE_S = 60.0
 #: What gc reports as kept for that reason.
 RECENT_TMP = "recent_tmp"
+#: What gc keeps when a committed state's records are all unreadable: blobs it may need.
+UNKNOWN_REFS = "blobs_of_unreadable_states"
 
 #: gc's categories, in the order reports list them.
 GC_KINDS = {
@@ -139,6 +144,11 @@ class GcReport:
         for kind, n in self.skipped.items():
             if kind == UNREADABLE:
                 lines.append(f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`")
+            elif kind == UNKNOWN_REFS:
+                lines.append(
+                    f"  kept {n} unreferenced blobs: a committed state's records cannot be read, so which blobs "
+                    "it needs is unknown (run `dagger verify`)"
+                )
             elif kind == RECENT_TMP:
                 lines.append(
                     f"  kept {n} temporary files written in the last {TMP_GRACE_S:.0f} s: a write may still "
@@ -318,6 +328,98 @@ def _reachable(metas: dict[str, dict[str, Any]], root: str | None) -> set[str]:
     return seen
 
 
+def _blob_names(value: Any) -> set[str] | None:
+    """The blob names of a ``[[name, size], ...]`` list as records store it (None if it is not one)."""
+    if not isinstance(value, list):
+        return None
+    return {b[0] for b in value if isinstance(b, list) and len(b) == 2 and is_sha(b[0])}
+
+
+def _add_state_blobs(records: Records, sha: str, rev: str, out: set[str]) -> bool:
+    """Add to ``out`` every blob that a committed record of ``sha`` lists; False if none could be read.
+
+    Its newest commit record (metadata ``blobs``, and the pickle a first record carries),
+    the first record's carried pickle where a newer revision exists, and its pickle file:
+    the union, so a stray or torn pickle file never hides the blobs the record names.
+    """
+    store = records.store
+    known = False
+    for key in dict.fromkeys((meta_key(sha, rev), meta_key(sha, FIRST_REV))):
+        try:
+            record = json.loads(store.get(key))
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        names = _blob_names(record.get("blobs"))
+        if names is not None:
+            out.update(names)
+            known = True
+        carried = record.get(INLINE_FIELD)
+        if isinstance(carried, str):
+            try:
+                header = _parse_header(base64.b64decode(carried, validate=True))
+            except (ValueError, CorruptRecordError):
+                continue
+            out.update(str(name) for name, _size_ in header.get("blobs", []))
+            known = True
+    try:
+        header = _parse_header(store.get(state_key(sha)))
+    except (FileNotFoundError, CorruptRecordError, OSError):
+        return known
+    out.update(str(name) for name, _size_ in header.get("blobs", []))
+    return True
+
+
+def _sweep(
+    records: Records,
+    report: GcReport,
+    newest: dict[str, str],
+    marker: GcMarker | None,
+    referenced: set[str],
+    unknown: list[str],
+    every_tmp: list[str],
+    tmp_keys: list[str],
+    orphans: list[str],
+    blob_keys: list[str],
+    remove: Any,
+) -> None:
+    """Delete the in-flight-able files no state needs, unless a writer holds a lease (gc's steps c, b, d)."""
+    store = records.store
+    stale: list[str] = []
+    writers = live(store, WRITER_PREFIX, stale)
+    for key in stale:
+        remove("locks", key)  # a writer lease whose process is gone
+    # A live state lock also means a run in progress (one of an older dagger, too, that takes no lease).
+    busy = writers or report.live_locks
+    report.live_locks += writers
+    unreferenced = [k for k in blob_keys if k.rsplit("/", 1)[-1] not in referenced]
+    if busy:
+        for kind, keys in (("tmp", every_tmp), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+            if keys:
+                report.skipped[kind] = len(keys)
+        return
+    # States committed since the first listing (their records were written before their leases went).
+    for sha, rev in records.committed().items():
+        if newest.get(sha) != rev and not _add_state_blobs(records, sha, rev, referenced):
+            unknown.append(sha)
+        newest.setdefault(sha, rev)
+    unreferenced = [k for k in unreferenced if k.rsplit("/", 1)[-1] not in referenced]
+    orphans = [k for k in orphans if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest]
+    if len(every_tmp) > len(tmp_keys):
+        report.skipped[RECENT_TMP] = len(every_tmp) - len(tmp_keys)
+    if unknown and unreferenced:
+        # A committed state whose blobs cannot be read from any record: keep every blob for it.
+        report.skipped[UNKNOWN_REFS] = len(unreferenced)
+        unreferenced = []
+    for kind, keys in (("tmp", tmp_keys), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+        for key in keys:
+            if marker is not None:
+                marker.refresh()
+            remove(kind, key)
+
+
+
 # ---- gc --------------------------------------------------------------------------------
 
 
@@ -336,7 +438,6 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 
     stale_locks: list[str] = []
     report.live_locks = _live_locks(store, stale_locks)
-    busy = report.live_locks > 0
 
     # Metadata: newest revision per state, older revisions are superseded.
     newest = records.committed()
@@ -359,17 +460,13 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         keep = _reachable(metas, info.get("root"))
         doomed = set(newest) - keep
 
-    kept_states = {sha for sha in newest if sha not in doomed}
+    kept_states = {sha: newest[sha] for sha in newest if sha not in doomed}
 
-    # Referenced blobs, from the headers of every kept state's pickle (its file, or its first record).
+    # Referenced blobs: every blob that any committed record of a kept state lists (its metadata,
+    # the pickle its first record carries, its pickle file): a stray or torn file shadows nothing.
     referenced: set[str] = set()
+    unknown = [sha for sha, rev in kept_states.items() if not _add_state_blobs(records, sha, rev, referenced)]
     pickles = store.list("states")
-    for sha in kept_states:
-        try:
-            header = _read_header(records, sha)
-        except (FileNotFoundError, CorruptRecordError):
-            continue
-        referenced.update(str(name) for name, _size_ in header.get("blobs", []))
 
     def remove(kind: str, key: str, label: str | None = None) -> None:
         report._add(kind, label or key, _size(store, key))
@@ -395,34 +492,17 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
             for key in keys:
                 store.delete(key)
 
-    # In-flight data: only when nothing is running.
+    # In-flight data (see dagger.store.leases for why nothing a state being saved needs goes).
     every_tmp: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
     tmp_keys: list[str] = cast("list[str]", store.temp_keys(older_than=TMP_GRACE_S))
-    orphans = []
-    for key in pickles:
-        sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
-        if sha not in newest:
-            orphans.append(key)
-    unreferenced = []
-    for key in store.list("blobs"):
-        name = key.rsplit("/", 1)[-1]
-        if name not in referenced:
-            unreferenced.append(key)
-    if busy:
-        for kind, keys in (("tmp", every_tmp), ("orphan_pickles", orphans), ("blobs", unreferenced)):
-            if keys:
-                report.skipped[kind] = len(keys)
+    orphans = [k for k in pickles if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest]
+    blob_keys = store.list("blobs")
+    if dry_run:  # writes nothing (the folder may be read-only): reads the leases only
+        _sweep(records, report, newest, None, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
     else:
-        if len(every_tmp) > len(tmp_keys):
-            report.skipped[RECENT_TMP] = len(every_tmp) - len(tmp_keys)
-        for key in tmp_keys:
-            remove("tmp", key)
-        for key in orphans:
-            remove("orphan_pickles", key)
-        for key in unreferenced:
-            remove("blobs", key)
-        if not dry_run:
-            records._known_blobs.clear()
+        with GcMarker(store) as marker:
+            _sweep(records, report, newest, marker, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
+        records._known_blobs.clear()
 
     if not dry_run and (doomed or superseded):
         try:

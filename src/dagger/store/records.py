@@ -136,6 +136,10 @@ class Records:
         self.blob_threshold = blob_threshold
         self.verify_blobs = verify_blobs
         self._known_blobs: set[str] = set()
+        # States whose blobs or pickle file are on the store before their commit record: each
+        # holds this process's writer lease (see dagger.store.leases) until its record is written.
+        self._holds: dict[str, int] = {}
+        self._holds_lock = threading.Lock()
         # Pickles this process saved lately, so a child loads its parent without reading the
         # file back (bounded; content-addressed, so never stale; cleared at each run).
         self._recent: OrderedDict[str, tuple[bytes, list[tuple[str, int]]]] = OrderedDict()
@@ -255,6 +259,8 @@ class Records:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+        finally:
+            self.release(sha)  # committed (or failed): its blobs need no lease any more
         if self.keep_written:
             self._written[sha] = (rev, text)  # the index reuses the text (see write_index)
         if old_rev is not None:
@@ -264,19 +270,71 @@ class Records:
 
     # ---- state pickles and blobs ----------------------------------------------
 
+    def hold(self, sha: str) -> None:
+        """Hold this process's writer lease for ``sha``: its blobs or pickle file go on the store now.
+
+        Until :meth:`release` (which :meth:`write_meta` calls once the commit record is
+        written), no ``gc`` in any process deletes a blob or pickle (see :mod:`dagger.store.leases`).
+        """
+        from dagger.store.leases import lease_for
+
+        with self._holds_lock:
+            first = sha not in self._holds
+            self._holds[sha] = self._holds.get(sha, 0) + 1
+        if first:
+            try:
+                lease_for(self.store).enter()
+            except BaseException:
+                with self._holds_lock:
+                    self._holds.pop(sha, None)
+                raise
+
+    def release(self, sha: str) -> None:
+        """Drop what :meth:`hold` took for ``sha`` (nothing if it holds nothing)."""
+        with self._holds_lock:
+            if self._holds.pop(sha, None) is None:
+                return
+        from dagger.store.leases import lease_for
+
+        lease_for(self.store).exit()
+
     def _sink(self, view: memoryview) -> str:
         if view.nbytes >= _fastio.OVERLAP_MIN and _fastio.is_local(self.store):
-            name = _fastio.put_blob(self.store, view, blob_key, self.blob_hash)  # hashes while writing
-            self._known_blobs.add(name)
-            return name
-        name = digest.hexdigest(self.blob_hash, view)
-        # Always ask the store: a blob seen earlier may have been removed since by
-        # `gc` in another process, and a state must never commit without its blobs.
-        key = blob_key(name)
-        if not self.store.exists(key):
-            self.store.put(key, view)
+            name, there = _fastio.put_blob(self.store, view, blob_key, self.blob_hash)  # hashes while writing
+            if not there:
+                self._known_blobs.add(name)
+        else:
+            name = digest.hexdigest(self.blob_hash, view)
+            # Always ask the store: a blob seen earlier may have been removed since by
+            # `gc` in another process, and a state must never commit without its blobs.
+            key = blob_key(name)
+            if not self.store.exists(key):
+                self.store.put(key, view)
+                self._known_blobs.add(name)
+                return name
+        if name not in self._known_blobs and not self._blob_intact(name, view.nbytes):
+            # A blob already there that fails its hash (damaged on disk): this state's bytes replace it.
+            self.store.put(blob_key(name), view)
         self._known_blobs.add(name)
         return name
+
+    def _blob_intact(self, name: str, size: int) -> bool:
+        """Whether the stored blob ``name``, found already there when saving, holds the right bytes.
+
+        Checked once per blob and process (then remembered in ``_known_blobs``): on a
+        local folder by its content hash, elsewhere by its size (reading it back costs a download).
+        """
+        key = blob_key(name)
+        try:
+            if _fastio.is_local(self.store):
+                if size >= _fastio.OVERLAP_MIN:
+                    _, found = _fastio.get_blob(self.store, key, self.blob_hash)
+                else:
+                    found = digest.hexdigest(self.blob_hash, self.store.get(key))
+                return found == name
+            return self.store.size(key) == size
+        except FileNotFoundError:
+            return False
 
     def _source(self, name: str, size: int) -> bytearray | memoryview:
         key = blob_key(name)
@@ -390,8 +448,17 @@ class Records:
         written here: it is returned under :data:`PENDING_PICKLE`, and the
         state's first commit record (:meth:`write_meta`) carries it.
         """
+        held = False
+
+        def sink(view: memoryview) -> str:
+            nonlocal held
+            if not held:  # before the first blob is looked up: see dagger.store.leases
+                self.hold(sha)
+                held = True
+            return self._sink(view)
+
         try:
-            data, blobs = pickling.dumps(obj, self._sink, self.blob_threshold)
+            data, blobs = pickling.dumps(obj, sink, self.blob_threshold)
             # The pickle's own checksum: any damage to it (not only truncation) is caught on restore.
             algorithm = self.blob_hash
             checksum = digest.hexdigest(algorithm, data)
@@ -402,9 +469,16 @@ class Records:
             if inline and len(header) + len(data) <= INLINE_MAX:
                 out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
             else:
+                if not held:
+                    self.hold(sha)
+                    held = True
                 self.store.put(state_key(sha), header + data)
-        except OSError as exc:
-            raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            if held:
+                self.release(sha)
+            if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+                raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+            raise
         self._remember(sha, data, blobs)
         return out
 
