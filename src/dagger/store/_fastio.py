@@ -115,7 +115,7 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
         if there:
             os.remove(staging)
         else:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            store._ensure_dir(os.path.dirname(final))  # (made, and checked to be no link out)
             os.replace(staging, final)
     except BaseException:
         thread.join()

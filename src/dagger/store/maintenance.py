@@ -22,14 +22,15 @@ written, so they are kept and reported as skipped.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dagger.errors import CorruptRecordError
+from dagger.errors import CorruptRecordError, StoreError
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import digest
-from dagger.store._local import LocalStore
+from dagger.store._local import LocalStore, linked_folder_error
 from dagger.store.base import Store
 from dagger.store.leases import WRITER_PREFIX, GcMarker, live
 from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
@@ -435,6 +436,17 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     """
     store = records.store
     report = GcReport(location=store.url, dry_run=dry_run)
+    if isinstance(store, LocalStore):
+        # gc deletes what it finds: never through a link to files outside the folder, nor the link itself.
+        links = store.links()
+        if links:
+            raise linked_folder_error(store.root, links[0]) if len(links) == 1 else StoreError(
+                errno.ELOOP,
+                f"refusing to gc {store.root}: it holds {len(links)} symbolic links ({', '.join(links[:5])}"
+                f"{', ...' if len(links) > 5 else ''}), and dagger never follows a link out of the experiment "
+                "folder nor deletes what it did not make. Replace each with a real folder (move the files back "
+                "in), or remove it, then run gc again.",
+            )
 
     stale_locks: list[str] = []
     report.live_locks = _live_locks(store, stale_locks)
