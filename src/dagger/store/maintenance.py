@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dagger.errors import CorruptRecordError, StoreError
+from dagger.errors import CorruptRecordError, FormatVersionError, StoreError
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import digest
 from dagger.store._local import LocalStore, linked_folder_error
@@ -188,6 +188,8 @@ class VerifyReport:
     blob_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Files that ``verify(repair=True)`` removed.
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -205,6 +207,7 @@ class VerifyReport:
             "blob_bytes": self.blob_bytes,
             "problems": [p.to_dict() for p in self.problems],
             "notes": list(self.notes),
+            "repaired": list(self.repaired),
         }
 
     def __str__(self) -> str:
@@ -527,7 +530,7 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 # ---- verify ----------------------------------------------------------------------------
 
 
-def verify(records: Records) -> VerifyReport:
+def verify(records: Records, repair: bool = False) -> VerifyReport:
     """Check every record of the store; return a :class:`VerifyReport` (``.ok`` when clean).
 
     Re-hashes every blob; checks that every metadata record parses, has a
@@ -537,6 +540,10 @@ def verify(records: Records) -> VerifyReport:
     Each problem names the state and the file. Temporary files and uncommitted
     pickles (leftovers of interrupted writes, removed by ``gc``) are notes, not
     problems.
+
+    ``repair=True`` then removes what is damaged, so that the next run recomputes it: blobs
+    whose bytes fail their hash, unreadable commit records, and every record and pickle file of
+    a state whose pickle or blobs are damaged or missing (see :func:`_repair`).
     """
     store = records.store
     report = VerifyReport(location=store.url)
@@ -553,6 +560,7 @@ def verify(records: Records) -> VerifyReport:
         except ValueError as exc:
             report.problems.append(Problem(EXPERIMENT_KEY, f"not a valid experiment record ({exc})"))
 
+    doomed: list[str] = []  # what repair removes
     # Every metadata file.
     newest: dict[str, str] = {}
     metas: dict[str, dict[str, Any]] = {}
@@ -569,6 +577,8 @@ def verify(records: Records) -> VerifyReport:
             continue  # replaced by a newer revision while we looked
         except CorruptRecordError as exc:
             report.problems.append(Problem(key, str(exc).removeprefix(f"{key} ").strip(), sha))
+            if not isinstance(exc, FormatVersionError):  # (a newer dagger's record is not damaged)
+                doomed.append(key)
             continue
         if rev > newest.get(sha, ""):
             newest[sha] = rev
@@ -595,9 +605,15 @@ def verify(records: Records) -> VerifyReport:
 
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
+    first_state_problem = len(report.problems)
+    strays = 0
     for sha in sorted(newest):
         try:
             key, raw = records.read_pickle(sha)
+            if key == state_key(sha) and _shadows(records, sha, raw):
+                strays += 1  # a damaged pickle file beside the intact pickle its record carries
+                doomed.append(key)
+                key, raw = records.read_pickle_carried(sha)
         except FileNotFoundError:
             report.problems.append(
                 Problem(state_key(sha), "the state pickle is missing although the state is committed", sha)
@@ -634,6 +650,13 @@ def verify(records: Records) -> VerifyReport:
     for name, message in bad_blobs.items():
         if name not in users:
             report.problems.append(Problem(blob_key(name), message + " (no state uses it)"))
+    damaged = {p.state for p in report.problems[first_state_problem:] if p.state}
+    doomed.extend(blob_key(name) for name in bad_blobs)
+    if strays:
+        report.notes.append(
+            f"{strays} damaged state pickle files shadow nothing: their states' commit records carry intact "
+            "pickles, which restore uses (`verify --repair` removes the damaged files)"
+        )
 
     # Leftovers: not problems, but worth a note.
     leftovers = len(store.temp_keys())
@@ -651,4 +674,54 @@ def verify(records: Records) -> VerifyReport:
             json.loads(store.get(INDEX_KEY))
         except (ValueError, FileNotFoundError):
             report.notes.append(f"{INDEX_KEY} is unreadable; it is derived and will be rebuilt on the next restore")
+    if repair and (doomed or damaged):
+        _repair(records, report, doomed, damaged)
     return report
+
+
+def _shadows(records: Records, sha: str, raw: bytes) -> bool:
+    """Whether ``raw``, the bytes of ``sha``'s pickle file, is damaged while its first record carries an intact pickle."""
+    try:
+        header = _parse_header(raw)
+        if raw.endswith(b".") and checksum_matches(header, memoryview(raw)[raw.find(b"\n") + 1 :]):
+            return False
+    except FormatVersionError:
+        return False
+    except CorruptRecordError:
+        pass
+    return records._intact_carried(sha) is not None
+
+
+def _repair(records: Records, report: VerifyReport, doomed: list[str], damaged: set[str]) -> None:
+    """Remove damaged files so that the next run recomputes what they held (``verify(repair=True)``).
+
+    ``doomed``: blobs whose bytes fail their hash, unreadable commit records, damaged pickle
+    files that an intact carried pickle makes redundant. ``damaged``: states whose pickle or
+    blobs are damaged or missing; each loses its commit records (all revisions) and pickle file,
+    so it counts as never computed, and the next run computes it again and writes every blob it
+    needs anew. Done under gc's marker, and only while no run is saving states (a writer's
+    lease is live), so that no blob a writer just replaced is removed.
+    """
+    store = records.store
+    with GcMarker(store):
+        writers = live(store, WRITER_PREFIX)
+        if writers:
+            report.notes.append(
+                f"repair skipped: {writers} running experiment(s) are saving states here; run `dagger verify "
+                "--repair` again when they have finished"
+            )
+            return
+        names = _meta_files(store)
+        keys = list(doomed)
+        for sha in sorted(damaged):
+            keys.extend(f"meta/{n}" for n in names if n.startswith(f"{sha}."))
+            keys.append(state_key(sha))
+        for key in dict.fromkeys(keys):
+            if store.exists(key):
+                store.delete(key)
+                report.repaired.append(key)
+    records._known_blobs.clear()
+    report.notes.append(
+        f"repaired: removed {len(report.repaired)} damaged files; {len(damaged)} states will be recomputed by the "
+        "next run of the experiment"
+    )

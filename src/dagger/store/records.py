@@ -347,15 +347,14 @@ class Records:
                 buf = self.store.get_into(key)
         except FileNotFoundError:
             raise CorruptRecordError(
-                f"blob {key} is missing from the store; the state cannot be restored. "
-                "Run `dagger verify` to list every affected state, then recompute them."
+                f"blob {key} is missing from the store; the state cannot be restored"  # (load_pickle adds the fix)
             ) from None
         if len(buf) != size or (
             self.verify_blobs and (found or digest.hexdigest(self.blob_hash, memoryview(buf))) != name
         ):
             raise CorruptRecordError(
                 f"blob {key} does not match its content hash (expected {size} bytes, found {len(buf)}): "
-                "it was modified or truncated. Run `dagger verify` and recompute the affected states."
+                "it was modified or truncated"  # (load_pickle adds how to recover)
             )
         return buf
 
@@ -393,7 +392,16 @@ class Records:
         """
         key = state_key(sha)
         if self.store.exists(key):
-            return
+            try:
+                _unpack(key, self.store.get(key), sha, True)
+                return
+            except FormatVersionError:
+                return  # written by a newer dagger: not ours to replace
+            except (CorruptRecordError, FileNotFoundError):  # a stray or torn file: never keep it over a good pickle
+                carried = self._intact_carried(sha)
+                if carried is not None:
+                    self.store.put(key, carried)
+                return
         try:
             raw = self._inline_pickle(sha)
         except FileNotFoundError:
@@ -402,6 +410,16 @@ class Records:
             # Never over a file that appeared meanwhile: a rerun's new pickle (on_code_change="rerun"
             # in another process) must not be replaced by the one this record carried.
             self.store.put_if_absent(key, raw)
+
+    def _intact_carried(self, sha: str) -> bytes | None:
+        """The pickle ``sha``'s first record carries, if there is one and it is intact (header and checksum)."""
+        try:
+            raw = self._inline_pickle(sha)
+            if raw is not None:
+                _unpack(meta_key(sha, FIRST_REV), raw, sha, True)
+            return raw
+        except (FileNotFoundError, CorruptRecordError):
+            return None
 
     def carries_pickle(self, sha: str) -> bool:
         """Whether ``sha``'s first commit record exists and carries its pickle."""
@@ -440,6 +458,13 @@ class Records:
         except FileNotFoundError:
             pass
         return key, self.store.get(key)
+
+    def read_pickle_carried(self, sha: str) -> tuple[str, bytes]:
+        """The key and bytes of the pickle ``sha``'s first commit record carries; FileNotFoundError if none."""
+        raw = self._inline_pickle(sha)
+        if raw is None:
+            raise FileNotFoundError(meta_key(sha, FIRST_REV))
+        return meta_key(sha, FIRST_REV), raw
 
     def save_pickle(self, sha: str, obj: Any, inline: bool = False) -> dict[str, Any]:
         """Write a state's pickle and blobs; return what its metadata records about them.
@@ -492,19 +517,20 @@ class Records:
             try:
                 key, raw = self.read_pickle(sha)
             except FileNotFoundError:
-                raise CorruptRecordError(f"{key} is missing although state {sha[:12]} is committed") from None
-            newline = raw.find(b"\n")
-            if newline < 0:
-                raise CorruptRecordError(f"{key} is truncated: it has no header. {_recompute_hint(sha)}")
-            header = _parse_json(raw[:newline], key)
-            _check_format(header, key)
-            blobs = _blob_list(header.get("blobs", []), key)
-            data = memoryview(raw)[newline + 1 :]
-            if self.verify_blobs and not checksum_matches(header, data):
                 raise CorruptRecordError(
-                    f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
-                    f"truncated. {_recompute_hint(sha)}"
-                )
+                    f"{key} is missing although state {sha[:12]} is committed. {_recompute_hint(sha)}"
+                ) from None
+            try:
+                blobs, data = _unpack(key, raw, sha, self.verify_blobs)
+            except FormatVersionError:
+                raise
+            except CorruptRecordError:
+                # A stray or torn pickle file never shadows an intact pickle that the first record carries.
+                carried = self._intact_carried(sha) if key == state_key(sha) else None
+                if carried is None:
+                    raise
+                key = meta_key(sha, FIRST_REV)
+                blobs, data = _unpack(key, carried, sha, self.verify_blobs)
         try:
             return pickling.loads(data, blobs, self._source, map_location)
         except CorruptRecordError as exc:
@@ -1064,11 +1090,36 @@ class StoredMetas:
             return _index_text(rows)
 
 
+def _unpack(key: str, raw: bytes, sha: str, check: bool) -> tuple[list[tuple[str, int]], memoryview]:
+    """The blob list and pickle bytes of a state pickle file's content (header line + pickle).
+
+    CorruptRecordError if it is truncated, its header unreadable, or (``check``) its bytes
+    do not match the checksum in its header.
+    """
+    newline = raw.find(b"\n")
+    if newline < 0:
+        raise CorruptRecordError(f"{key} is truncated: it has no header. {_recompute_hint(sha)}")
+    header = _parse_json(raw[:newline], key)
+    _check_format(header, key)
+    blobs = _blob_list(header.get("blobs", []), key)
+    data = memoryview(raw)[newline + 1 :]
+    if check and not checksum_matches(header, data):
+        raise CorruptRecordError(
+            f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
+            f"truncated. {_recompute_hint(sha)}"
+        )
+    return blobs, data
+
+
+#: How to recover from damaged files, as errors and docs/storage.md say it.
+RECOVERY = (
+    "run `dagger verify --repair DIR` (it removes damaged blobs and pickles and the records of the states "
+    "that need them), then run the experiment again: it recomputes those states"
+)
+
+
 def _recompute_hint(sha: str) -> str:
-    return (
-        f"Run `dagger verify` to list every damaged state; to recompute this one, delete meta/{sha}.*.json "
-        "and run the experiment again"
-    )
+    return f"To recompute state {sha[:12]} and every other damaged state, {RECOVERY}"
 
 
 def _blob_list(value: Any, key: str) -> list[tuple[str, int]]:
@@ -1089,8 +1140,8 @@ def _parse_json(raw: bytes, key: str) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise CorruptRecordError(
-            f"{key} is not valid JSON ({exc}); the file is truncated or was edited. Run `dagger verify` to list "
-            "damaged files; a damaged meta/ record can be deleted, and its state is recomputed on the next run"
+            f"{key} is not valid JSON ({exc}); the file is truncated or was edited. To list every damaged file, "
+            f"run `dagger verify DIR`; to recompute what they held, {RECOVERY}"
         ) from None
     if not isinstance(data, dict):
         raise CorruptRecordError(f"{key} does not hold a JSON object")
