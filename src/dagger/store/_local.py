@@ -103,7 +103,7 @@ class LocalStore(Store):
     def _tmp_path(self) -> str:
         # Unique across hosts (random prefix), processes (pid, also after fork) and threads (counter).
         pid = _PID
-        if pid != self._tmp_pid:
+        if pid != self._tmp_pid or self._tmp not in self._made:
             self._ensure_dir(self._tmp)
             self._tmp_pid, self._tmp_prefix = pid, f"{self._tmp}{os.sep}{_TMP_PREFIX}{pid:x}-"
         return f"{self._tmp_prefix}{next(_TMP_COUNTER):x}"

@@ -181,6 +181,9 @@ class Records:
             self._recent_bytes = 0
         self._written = {}
         self._layout_ok = False  # read experiment.json's layout again before carrying a pickle
+        made = getattr(self.store, "_made", None)
+        if isinstance(made, set):
+            made.clear()  # check the folders again for links put there since (see LocalStore._check_no_link)
 
     # ---- experiment record ---------------------------------------------------
 
