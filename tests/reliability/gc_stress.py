@@ -1,4 +1,4 @@
-"""gc beside a running experiment: shared by tests/reliability/test_rel_gc.py and benchmarks/gc_stress.py.
+"""gc beside a running experiment: shared by tests/reliability/test_rel_gc.py and benchmarks/gc_safety.py.
 
 One process runs an experiment of ``n`` states (a 1.6 MB array each, so every state writes a
 blob before its commit record); another loops ``dg.Experiment(path).gc()`` the whole time.

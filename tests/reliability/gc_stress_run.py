@@ -44,9 +44,9 @@ def options() -> dict:
     return {"storage_options": json.loads(raw)} if raw else {}
 
 
-def define(directory: str, n: int) -> dg.Experiment:
+def define(directory: str, n: int, name: str = "gc-stress") -> dg.Experiment:
     exp = dg.Experiment(directory, state_class=Model, **options())
-    root = exp.spawn_new_tree(name="gc-stress")
+    root = exp.spawn_new_tree(name=name)
     for k in range(1, n):
         Shift(by=k)(root)
     return exp
@@ -93,7 +93,7 @@ if __name__ == "__main__":
     if scheduler == "check":
         check(directory)
         sys.exit(0)
-    exp = define(directory, n)
+    exp = define(directory, n, *sys.argv[4:5])  # (a 4th argument names another root: a new tree)
     if os.environ.get("DAGGER_GC_STRESS_PLANT"):
         plant(directory, n)
     if scheduler == "cluster":

@@ -4,7 +4,7 @@ One process runs 150 states (a 1.6 MB array each: a blob written before each com
 a third of them blobs already on the store, uncommitted, that the run reuses); another loops
 ``dg.Experiment(path).gc()`` the whole time. Each trial then verifies the folder and restores
 every state in a fresh process. ``$DAGGER_GC_STRESS_TRIALS`` sets the trials per scheduler
-(default 2); ``benchmarks/gc_stress.py`` runs 20 and more for docs/reliability.md.
+(default 2); ``benchmarks/gc_safety.py`` runs 20 and more for docs/reliability.md.
 """
 
 from __future__ import annotations
