@@ -46,6 +46,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from dagger.store.base import Store
@@ -131,34 +132,38 @@ class WriterLease:
                 self.store.delete(self.key)
 
     def _heartbeat(self) -> None:
+        """Rewrite the lease every HEARTBEAT_S while it is held; end once it is not (the next enter starts another)."""
         while True:
             time.sleep(HEARTBEAT_S)
             with self.mutex:
-                if self.count > 0:
-                    try:
-                        self.store.put(self.key, _owner(self.token))
-                    except Exception:  # noqa: BLE001 - the next beat tries again
-                        pass
+                if self.count == 0:
+                    self._beat = None
+                    return
+                try:
+                    self.store.put(self.key, _owner(self.token))
+                except Exception:  # noqa: BLE001 - the next beat tries again
+                    pass
 
 
-_LEASES: dict[tuple[int, int], WriterLease] = {}
+_LEASES: weakref.WeakKeyDictionary[Store, WriterLease] = weakref.WeakKeyDictionary()
 _LEASES_LOCK = threading.Lock()
 
 
 def lease_for(store: Store) -> WriterLease:
     """The lease of this process on ``store`` (one per store object and process, also after fork)."""
-    key = (os.getpid(), id(store))
-    lease = _LEASES.get(key)
-    if lease is None or lease.store is not store:
+    lease = _LEASES.get(store)
+    if lease is None:
         with _LEASES_LOCK:
-            lease = _LEASES.get(key)
-            if lease is None or lease.store is not store:
-                lease = _LEASES[key] = WriterLease(store)
+            lease = _LEASES.get(store)
+            if lease is None:
+                lease = _LEASES[store] = WriterLease(store)
     return lease
 
 
 def _after_fork_in_child() -> None:
-    global _LEASES_LOCK
+    # A forked child holds none of its parent's leases (its saves take their own, under its own pid).
+    global _LEASES, _LEASES_LOCK
+    _LEASES = weakref.WeakKeyDictionary()
     _LEASES_LOCK = threading.Lock()
 
 
