@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 import rel_scenarios as sc
-from damage import edit_carried_pickle, pickle_file
+from damage import edit_carried_pickle, pickle_file, sole_pickle_file
 from typer.testing import CliRunner
 
 import dagger as dg
@@ -160,7 +160,7 @@ def forged(tmp_path, request):
     if getattr(request, "param", "file") == "carried":
         edit_carried_pickle(directory, leaf, forge)
     else:
-        path = pickle_file(directory, leaf)
+        path = sole_pickle_file(directory, leaf)  # the only copy: beside an intact carried one it is ignored
         raw = open(path, "rb").read()
         with open(path, "wb") as f:
             f.write(forge(raw))
