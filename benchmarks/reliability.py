@@ -213,6 +213,10 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "- Locks are an optimisation: the kernel drops a dead process's range locks, and a lock file whose owner process is gone is broken at once.",
         "- Leftovers of interrupted writes (temporary files, uncommitted pickles, unreferenced blobs) are",
         "  harmless and removed by `dagger gc`; `dagger verify` re-hashes and checks everything.",
+        "- `gc` may run beside running experiments: a writer holds a lease from before its first blob until its",
+        "  commit record, gc writes a marker before it reads the leases and lists the records again before it",
+        "  deletes, so no blob in use is ever deleted ([storage](storage.md#gc-beside-running-experiments)).",
+        "  Nothing writes or deletes through a symbolic link inside the folder.",
         "",
         "## Security",
         "",
@@ -240,8 +244,32 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "Reproduce these figures with `.venv/bin/python benchmarks/reliability.py`.",
         "",
     ]
+    # Sections other scripts write (between <!-- name:start --> and <!-- name:end -->) are kept, in place.
+    kept = _kept_sections(path)
+    if kept:
+        at = lines.index("## What makes this hold")
+        lines[at:at] = [*kept, ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def _kept_sections(path: str) -> list[str]:
+    """The lines of every ``<!-- name:start -->`` ... ``<!-- name:end -->`` section of the current file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out: list[str] = []
+    inside = None
+    for line in old:
+        if inside is None and line.startswith("<!-- ") and line.endswith(":start -->"):
+            inside = line[5:-10]
+        if inside is not None:
+            out.append(line)
+            if line == f"<!-- {inside}:end -->":
+                inside = None
+    return out
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from damage import edit_carried_pickle, pickle_bytes, pickle_file
+from damage import edit_carried_pickle, pickle_bytes, sole_pickle_file
 
 import dagger as dg
 from dagger.store import pickling
@@ -269,7 +269,7 @@ def test_corrupt_state_pickle(exp_dir, where):
     sha = root.sha()
     raw = pickle_bytes(exp_dir, sha)
     if where == "file":  # the pickle's own file
-        key, path = state_key(sha), pickle_file(exp_dir, sha)
+        key, path = state_key(sha), sole_pickle_file(exp_dir, sha)  # (the only copy)
 
         def store(data):
             open(path, "wb").write(data)

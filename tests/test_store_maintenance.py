@@ -221,7 +221,7 @@ def test_verify_finds_missing_and_truncated_files(small, where):
     # b's pickle is truncated: its own file, or the copy its first commit record carries
     if where == "file":
         b_key = rec.state_key(b)
-        path = pickle_file(exp.directory, b)
+        path = sole_pickle_file(exp.directory, b)  # (a damaged file beside an intact carried copy shadows nothing)
         raw = open(path, "rb").read()
         store.put(b_key, raw[:-10])
     else:
@@ -284,7 +284,7 @@ def test_verify_finds_a_modified_pickle_of_the_same_size(small, where):
     raw[-20] ^= 0x01  # same size, still ends with the STOP opcode
     if where == "file":  # the pickle's own file
         key = rec.state_key(root.sha())
-        pickle_file(exp.directory, root.sha())
+        sole_pickle_file(exp.directory, root.sha())  # (the only copy)
         exp.store.put(key, bytes(raw))
     else:  # the copy the state's first commit record carries
         key = rec.meta_key(root.sha(), rec.FIRST_REV)

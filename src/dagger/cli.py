@@ -924,12 +924,20 @@ def gc(
 def verify(
     directory: Dir,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Also remove what is damaged (blobs failing their hash, unreadable records, the records and "
+            "pickle of each damaged state), so that the next run of the experiment recomputes those states.",
+        ),
+    ] = False,
 ) -> int:
     """Check every stored state: records readable, pickles and blobs present and intact."""
     exp = _open(directory)
     if not hasattr(exp, "verify"):
         raise Failure("this version of dagger has no Experiment.verify")
-    report = exp.verify()
+    report = exp.verify(repair=True) if repair else exp.verify()
     _print_report(report, as_json)
     return OK if getattr(report, "ok", False) else PROBLEM
 

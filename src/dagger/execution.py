@@ -370,6 +370,7 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
             _record_failure(records, spec, record)
         return record
     finally:
+        records.release(spec.sha)  # a save that failed before its commit record holds no writer lease
         if lock is not None:
             lock.release()
 

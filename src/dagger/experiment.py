@@ -640,11 +640,19 @@ class Experiment:
         self._graph = None
         return report
 
-    def verify(self) -> Any:
-        """Re-hash every blob and check every record; returns a VerifyReport (``.ok``, printable)."""
+    def verify(self, repair: bool = False) -> Any:
+        """Re-hash every blob and check every record; returns a VerifyReport (``.ok``, printable).
+
+        ``repair=True`` also removes what is damaged (blobs that fail their hash, unreadable
+        records, the records and pickle of each state whose pickle or blobs are damaged), so
+        that the next :meth:`run` recomputes those states.
+        """
         from dagger.store.maintenance import verify
 
-        return verify(self.records)
+        report = verify(self.records, repair=repair)
+        if report.repaired:
+            self._graph = None
+        return report
 
     def __repr__(self) -> str:
         return f"Experiment({self.directory!r}, states defined={len(self._promises)})"

@@ -231,6 +231,8 @@ class StoreMachine(RuleBasedStateMachine):
             self.save(i)
         except _Crash:
             self.restart()
+            if SHAS[i] in self.records.committed():  # died after its commit record (dropping its writer lease)
+                self.model[SHAS[i]] = i
         else:  # fewer writes than ``at``: the put completed
             self.model[SHAS[i]] = i
         self.records.store.crash_at = None

@@ -24,7 +24,6 @@ import mmap
 import os
 import queue
 import threading
-import uuid
 from collections import OrderedDict
 from typing import Any, TypeGuard
 
@@ -71,8 +70,11 @@ def _path(store: LocalStore, key: str) -> str:
     return os.path.join(store.root, check_key(key))
 
 
-def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -> str:
-    """Store ``view`` as a blob; return its name (its ``algorithm`` hash). ``key_of(name)`` is the blob's key."""
+def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -> tuple[str, bool]:
+    """Store ``view`` as a blob; return its name (its ``algorithm`` hash) and whether it was there already.
+
+    ``key_of(name)`` is the blob's key.
+    """
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
     fp = _fingerprint(view)
     with _FP_LOCK:
@@ -80,10 +82,11 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
     if seen is not None and os.path.exists(_path(store, key_of(seen))):
         # Probably data carried along unchanged: hash first, write only if it is new after all.
         name = digest.hexdigest(algorithm, view)
-        if not os.path.exists(_path(store, key_of(name))):
+        there = os.path.exists(_path(store, key_of(name)))
+        if not there:
             store.put(key_of(name), view)
         _remember(fp, name)
-        return name
+        return name, there
 
     names: list[str] = []
     errors: list[BaseException] = []
@@ -94,9 +97,7 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
-    tmp_dir = os.path.join(store.root, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    staging = os.path.join(tmp_dir, uuid.uuid4().hex)
+    staging = store._tmp_path()  # (its folder made, and checked to be no link out of the experiment)
     thread = threading.Thread(target=hash_it, name="dagger-blob-hash", daemon=True)
     thread.start()
     try:
@@ -110,10 +111,11 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
             raise errors[0]
         name = names[0]
         final = _path(store, key_of(name))
-        if os.path.exists(final):
+        there = os.path.exists(final)
+        if there:
             os.remove(staging)
         else:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            store._ensure_dir(os.path.dirname(final))  # (made, and checked to be no link out)
             os.replace(staging, final)
     except BaseException:
         thread.join()
@@ -123,7 +125,7 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
             pass
         raise
     _remember(fp, name)
-    return name
+    return name, there
 
 
 def get_blob(store: LocalStore, key: str, algorithm: str | None) -> tuple[memoryview, str | None]:

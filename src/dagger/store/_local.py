@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import itertools
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from dagger.errors import StoreError
 from dagger.store.base import Store, check_key
 from dagger.store.locks import RANGE_LOCKS, RANGES_KEY, FileLock, RangeLock
 
@@ -59,12 +62,48 @@ class LocalStore(Store):
     def _ensure_dir(self, path: str) -> None:
         if path not in self._made:
             os.makedirs(path, exist_ok=True)
+            self._check_no_link(path)
             self._made.add(path)
+
+    def _check_no_link(self, path: str) -> None:
+        """Refuse ``path``, a folder inside the experiment, if it or a folder above it (below the root) is a link.
+
+        dagger never makes links; one there was put by someone else, and writing or
+        deleting through it would touch files outside the experiment folder.
+        (The experiment folder itself may be a link: only what is inside it is checked.)
+        """
+        rel = path[len(self.root) + 1 :] if path.startswith(self.root + os.sep) else ""
+        here = self.root
+        for part in rel.split(os.sep) if rel else ():
+            here = f"{here}{os.sep}{part}"
+            try:
+                mode = os.lstat(here).st_mode
+            except FileNotFoundError:
+                return  # not made yet (dagger makes it a real folder)
+            if stat.S_ISLNK(mode):
+                raise linked_folder_error(self.root, here)
+
+    def links(self) -> builtins.list[str]:
+        """Every symbolic link inside the experiment folder (paths), for ``gc`` to refuse the folder."""
+        found: builtins.list[str] = []
+        stack = [self.root]
+        while stack:
+            try:
+                entries = os.scandir(stack.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        found.append(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        return sorted(found)
 
     def _tmp_path(self) -> str:
         # Unique across hosts (random prefix), processes (pid, also after fork) and threads (counter).
         pid = _PID
-        if pid != self._tmp_pid:
+        if pid != self._tmp_pid or self._tmp not in self._made:
             self._ensure_dir(self._tmp)
             self._tmp_pid, self._tmp_prefix = pid, f"{self._tmp}{os.sep}{_TMP_PREFIX}{pid:x}-"
         return f"{self._tmp_prefix}{next(_TMP_COUNTER):x}"
@@ -158,8 +197,12 @@ class LocalStore(Store):
         return os.access(self._path(key), os.F_OK)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        folder = path.rpartition(os.sep)[0]
+        if folder not in self._made:  # (a folder this store made or checked already is known safe)
+            self._check_no_link(folder)
         try:
-            os.remove(self._path(key))
+            os.remove(path)
         except FileNotFoundError:
             pass
 
@@ -212,8 +255,23 @@ class LocalStore(Store):
             return FileLock(self._path(key), stale_after)
 
         if RANGE_LOCKS:
+            self._ensure_dir(os.path.dirname(self._ranges))  # never a lock file created through a link
             return RangeLock(self._ranges, key, file_lock)
         return file_lock()
+
+
+def linked_folder_error(root: str, link: str) -> StoreError:
+    """The error for a link found inside an experiment folder: what it points to, and the fix."""
+    try:
+        target = os.path.realpath(link)
+    except OSError:
+        target = "?"
+    return StoreError(
+        errno.ELOOP,
+        f"refusing to write or delete through {link}: it is a symbolic link (to {target}), and dagger never "
+        f"follows a link out of the experiment folder {root}. dagger never makes links; replace it with a "
+        "real folder (move the files back in), or remove it, then try again.",
+    )
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)

@@ -21,21 +21,25 @@ written, so they are kept and reported as skipped.
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dagger.errors import CorruptRecordError
+from dagger.errors import CorruptRecordError, FormatVersionError, StoreError
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import audit, digest
-from dagger.store._local import LocalStore
+from dagger.store._local import LocalStore, linked_folder_error
 from dagger.store.base import Store
+from dagger.store.leases import WRITER_PREFIX, GcMarker, live
 from dagger.store.locks import RANGES_KEY, _is_stale, range_holders
 from dagger.store.records import (
     _META_NAME,
     EXPERIMENT_KEY,
     FIRST_REV,
     INDEX_KEY,
+    INLINE_FIELD,
     Records,
     blob_key,
     checksum_matches,
@@ -58,6 +62,8 @@ UNREADABLE = "unreadable_first_records"
 TMP_GRACE_S = 60.0
 #: What gc reports as kept for that reason.
 RECENT_TMP = "recent_tmp"
+#: What gc keeps when a committed state's records are all unreadable: blobs it may need.
+UNKNOWN_REFS = "blobs_of_unreadable_states"
 
 #: gc's categories, in the order reports list them.
 GC_KINDS = {
@@ -139,6 +145,11 @@ class GcReport:
         for kind, n in self.skipped.items():
             if kind == UNREADABLE:
                 lines.append(f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`")
+            elif kind == UNKNOWN_REFS:
+                lines.append(
+                    f"  kept {n} unreferenced blobs: a committed state's records cannot be read, so which blobs "
+                    "it needs is unknown (run `dagger verify`)"
+                )
             elif kind == RECENT_TMP:
                 lines.append(
                     f"  kept {n} temporary files written in the last {TMP_GRACE_S:.0f} s: a write may still "
@@ -177,6 +188,8 @@ class VerifyReport:
     blob_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Files that ``verify(repair=True)`` removed.
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -194,6 +207,7 @@ class VerifyReport:
             "blob_bytes": self.blob_bytes,
             "problems": [p.to_dict() for p in self.problems],
             "notes": list(self.notes),
+            "repaired": list(self.repaired),
         }
 
     def __str__(self) -> str:
@@ -318,6 +332,98 @@ def _reachable(metas: dict[str, dict[str, Any]], root: str | None) -> set[str]:
     return seen
 
 
+def _blob_names(value: Any) -> set[str] | None:
+    """The blob names of a ``[[name, size], ...]`` list as records store it (None if it is not one)."""
+    if not isinstance(value, list):
+        return None
+    return {b[0] for b in value if isinstance(b, list) and len(b) == 2 and is_sha(b[0])}
+
+
+def _add_state_blobs(records: Records, sha: str, rev: str, out: set[str]) -> bool:
+    """Add to ``out`` every blob that a committed record of ``sha`` lists; False if none could be read.
+
+    Its newest commit record (metadata ``blobs``, and the pickle a first record carries),
+    the first record's carried pickle where a newer revision exists, and its pickle file:
+    the union, so a stray or torn pickle file never hides the blobs the record names.
+    """
+    store = records.store
+    known = False
+    for key in dict.fromkeys((meta_key(sha, rev), meta_key(sha, FIRST_REV))):
+        try:
+            record = json.loads(store.get(key))
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        names = _blob_names(record.get("blobs"))
+        if names is not None:
+            out.update(names)
+            known = True
+        carried = record.get(INLINE_FIELD)
+        if isinstance(carried, str):
+            try:
+                header = _parse_header(base64.b64decode(carried, validate=True))
+            except (ValueError, CorruptRecordError):
+                continue
+            out.update(str(name) for name, _size_ in header.get("blobs", []))
+            known = True
+    try:
+        header = _parse_header(store.get(state_key(sha)))
+    except (FileNotFoundError, CorruptRecordError, OSError):
+        return known
+    out.update(str(name) for name, _size_ in header.get("blobs", []))
+    return True
+
+
+def _sweep(
+    records: Records,
+    report: GcReport,
+    newest: dict[str, str],
+    marker: GcMarker | None,
+    referenced: set[str],
+    unknown: list[str],
+    every_tmp: list[str],
+    tmp_keys: list[str],
+    orphans: list[str],
+    blob_keys: list[str],
+    remove: Any,
+) -> None:
+    """Delete the in-flight-able files no state needs, unless a writer holds a lease (gc's steps c, b, d)."""
+    store = records.store
+    stale: list[str] = []
+    writers = live(store, WRITER_PREFIX, stale)
+    for key in stale:
+        remove("locks", key)  # a writer lease whose process is gone
+    # A live state lock also means a run in progress (one of an older dagger, too, that takes no lease).
+    busy = writers or report.live_locks
+    report.live_locks += writers
+    unreferenced = [k for k in blob_keys if k.rsplit("/", 1)[-1] not in referenced]
+    if busy:
+        for kind, keys in (("tmp", every_tmp), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+            if keys:
+                report.skipped[kind] = len(keys)
+        return
+    # States committed since the first listing (their records were written before their leases went).
+    for sha, rev in records.committed().items():
+        if newest.get(sha) != rev and not _add_state_blobs(records, sha, rev, referenced):
+            unknown.append(sha)
+        newest.setdefault(sha, rev)
+    unreferenced = [k for k in unreferenced if k.rsplit("/", 1)[-1] not in referenced]
+    orphans = [k for k in orphans if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest]
+    if len(every_tmp) > len(tmp_keys):
+        report.skipped[RECENT_TMP] = len(every_tmp) - len(tmp_keys)
+    if unknown and unreferenced:
+        # A committed state whose blobs cannot be read from any record: keep every blob for it.
+        report.skipped[UNKNOWN_REFS] = len(unreferenced)
+        unreferenced = []
+    for kind, keys in (("tmp", tmp_keys), ("orphan_pickles", orphans), ("blobs", unreferenced)):
+        for key in keys:
+            if marker is not None:
+                marker.refresh()
+            remove(kind, key)
+
+
+
 # ---- gc --------------------------------------------------------------------------------
 
 
@@ -333,10 +439,20 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     """
     store = records.store
     report = GcReport(location=store.url, dry_run=dry_run)
+    if isinstance(store, LocalStore):
+        # gc deletes what it finds: never through a link to files outside the folder, nor the link itself.
+        links = store.links()
+        if links:
+            raise linked_folder_error(store.root, links[0]) if len(links) == 1 else StoreError(
+                errno.ELOOP,
+                f"refusing to gc {store.root}: it holds {len(links)} symbolic links ({', '.join(links[:5])}"
+                f"{', ...' if len(links) > 5 else ''}), and dagger never follows a link out of the experiment "
+                "folder nor deletes what it did not make. Replace each with a real folder (move the files back "
+                "in), or remove it, then run gc again.",
+            )
 
     stale_locks: list[str] = []
     report.live_locks = _live_locks(store, stale_locks)
-    busy = report.live_locks > 0
 
     # Metadata: newest revision per state, older revisions are superseded.
     newest = records.committed()
@@ -359,17 +475,13 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         keep = _reachable(metas, info.get("root"))
         doomed = set(newest) - keep
 
-    kept_states = {sha for sha in newest if sha not in doomed}
+    kept_states = {sha: newest[sha] for sha in newest if sha not in doomed}
 
-    # Referenced blobs, from the headers of every kept state's pickle (its file, or its first record).
+    # Referenced blobs: every blob that any committed record of a kept state lists (its metadata,
+    # the pickle its first record carries, its pickle file): a stray or torn file shadows nothing.
     referenced: set[str] = set()
+    unknown = [sha for sha, rev in kept_states.items() if not _add_state_blobs(records, sha, rev, referenced)]
     pickles = store.list("states")
-    for sha in kept_states:
-        try:
-            header = _read_header(records, sha)
-        except (FileNotFoundError, CorruptRecordError):
-            continue
-        referenced.update(str(name) for name, _size_ in header.get("blobs", []))
 
     def remove(kind: str, key: str, label: str | None = None) -> None:
         report._add(kind, label or key, _size(store, key))
@@ -395,34 +507,17 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
             for key in keys:
                 store.delete(key)
 
-    # In-flight data: only when nothing is running.
+    # In-flight data (see dagger.store.leases for why nothing a state being saved needs goes).
     every_tmp: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
     tmp_keys: list[str] = cast("list[str]", store.temp_keys(older_than=TMP_GRACE_S))
-    orphans = []
-    for key in pickles:
-        sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
-        if sha not in newest:
-            orphans.append(key)
-    unreferenced = []
-    for key in store.list("blobs"):
-        name = key.rsplit("/", 1)[-1]
-        if name not in referenced:
-            unreferenced.append(key)
-    if busy:
-        for kind, keys in (("tmp", every_tmp), ("orphan_pickles", orphans), ("blobs", unreferenced)):
-            if keys:
-                report.skipped[kind] = len(keys)
+    orphans = [k for k in pickles if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest]
+    blob_keys = store.list("blobs")
+    if dry_run:  # writes nothing (the folder may be read-only): reads the leases only
+        _sweep(records, report, newest, None, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
     else:
-        if len(every_tmp) > len(tmp_keys):
-            report.skipped[RECENT_TMP] = len(every_tmp) - len(tmp_keys)
-        for key in tmp_keys:
-            remove("tmp", key)
-        for key in orphans:
-            remove("orphan_pickles", key)
-        for key in unreferenced:
-            remove("blobs", key)
-        if not dry_run:
-            records._known_blobs.clear()
+        with GcMarker(store) as marker:
+            _sweep(records, report, newest, marker, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
+        records._known_blobs.clear()
 
     if not dry_run and (doomed or superseded):
         try:
@@ -435,7 +530,7 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
 # ---- verify ----------------------------------------------------------------------------
 
 
-def verify(records: Records) -> VerifyReport:
+def verify(records: Records, repair: bool = False) -> VerifyReport:
     """Check every record of the store; return a :class:`VerifyReport` (``.ok`` when clean).
 
     Re-hashes every blob; checks that every metadata record parses, has a
@@ -445,6 +540,10 @@ def verify(records: Records) -> VerifyReport:
     Each problem names the state and the file. Temporary files and uncommitted
     pickles (leftovers of interrupted writes, removed by ``gc``) are notes, not
     problems.
+
+    ``repair=True`` then removes what is damaged, so that the next run recomputes it: blobs
+    whose bytes fail their hash, unreadable commit records, and every record and pickle file of
+    a state whose pickle or blobs are damaged or missing (see :func:`_repair`).
     """
     store = records.store
     report = VerifyReport(location=store.url)
@@ -461,6 +560,7 @@ def verify(records: Records) -> VerifyReport:
         except ValueError as exc:
             report.problems.append(Problem(EXPERIMENT_KEY, f"not a valid experiment record ({exc})"))
 
+    doomed: list[str] = []  # what repair removes
     # Every metadata file.
     newest: dict[str, str] = {}
     metas: dict[str, dict[str, Any]] = {}
@@ -477,6 +577,8 @@ def verify(records: Records) -> VerifyReport:
             continue  # replaced by a newer revision while we looked
         except CorruptRecordError as exc:
             report.problems.append(Problem(key, str(exc).removeprefix(f"{key} ").strip(), sha))
+            if not isinstance(exc, FormatVersionError):  # (a newer dagger's record is not damaged)
+                doomed.append(key)
             continue
         if rev > newest.get(sha, ""):
             newest[sha] = rev
@@ -505,9 +607,15 @@ def verify(records: Records) -> VerifyReport:
     # Every committed state: its pickle and the blobs it refers to.
     users: dict[str, list[str]] = {}
     legacy: list[str] = []  # states whose pickle predates naming its state
+    first_state_problem = len(report.problems)
+    strays = 0
     for sha in sorted(newest):
         try:
             key, raw = records.read_pickle(sha)
+            if key == state_key(sha) and _shadows(records, sha, raw):
+                strays += 1  # a damaged pickle file beside the intact pickle its record carries
+                doomed.append(key)
+                key, raw = records.read_pickle_carried(sha)
         except FileNotFoundError:
             report.problems.append(
                 Problem(state_key(sha), "the state pickle is missing although the state is committed", sha)
@@ -545,6 +653,13 @@ def verify(records: Records) -> VerifyReport:
     for name, message in bad_blobs.items():
         if name not in users:
             report.problems.append(Problem(blob_key(name), message + " (no state uses it)"))
+    damaged = {p.state for p in report.problems[first_state_problem:] if p.state}
+    doomed.extend(blob_key(name) for name in bad_blobs)
+    if strays:
+        report.notes.append(
+            f"{strays} damaged state pickle files shadow nothing: their states' commit records carry intact "
+            "pickles, which restore uses (`verify --repair` removes the damaged files)"
+        )
 
     audit.note_legacy(report, legacy, records)
     audit.check_index(report, records, metas, newest)
@@ -565,4 +680,54 @@ def verify(records: Records) -> VerifyReport:
             json.loads(store.get(INDEX_KEY))
         except (ValueError, FileNotFoundError):
             report.notes.append(f"{INDEX_KEY} is unreadable; it is derived and will be rebuilt on the next restore")
+    if repair and (doomed or damaged):
+        _repair(records, report, doomed, damaged)
     return report
+
+
+def _shadows(records: Records, sha: str, raw: bytes) -> bool:
+    """Whether ``raw``, the bytes of ``sha``'s pickle file, is damaged while its first record carries an intact pickle."""
+    try:
+        header = _parse_header(raw)
+        if raw.endswith(b".") and checksum_matches(header, memoryview(raw)[raw.find(b"\n") + 1 :]):
+            return False
+    except FormatVersionError:
+        return False
+    except CorruptRecordError:
+        pass
+    return records._intact_carried(sha) is not None
+
+
+def _repair(records: Records, report: VerifyReport, doomed: list[str], damaged: set[str]) -> None:
+    """Remove damaged files so that the next run recomputes what they held (``verify(repair=True)``).
+
+    ``doomed``: blobs whose bytes fail their hash, unreadable commit records, damaged pickle
+    files that an intact carried pickle makes redundant. ``damaged``: states whose pickle or
+    blobs are damaged or missing; each loses its commit records (all revisions) and pickle file,
+    so it counts as never computed, and the next run computes it again and writes every blob it
+    needs anew. Done under gc's marker, and only while no run is saving states (a writer's
+    lease is live), so that no blob a writer just replaced is removed.
+    """
+    store = records.store
+    with GcMarker(store):
+        writers = live(store, WRITER_PREFIX)
+        if writers:
+            report.notes.append(
+                f"repair skipped: {writers} running experiment(s) are saving states here; run `dagger verify "
+                "--repair` again when they have finished"
+            )
+            return
+        names = _meta_files(store)
+        keys = list(doomed)
+        for sha in sorted(damaged):
+            keys.extend(f"meta/{n}" for n in names if n.startswith(f"{sha}."))
+            keys.append(state_key(sha))
+        for key in dict.fromkeys(keys):
+            if store.exists(key):
+                store.delete(key)
+                report.repaired.append(key)
+    records._known_blobs.clear()
+    report.notes.append(
+        f"repaired: removed {len(report.repaired)} damaged files; {len(damaged)} states will be recomputed by the "
+        "next run of the experiment"
+    )

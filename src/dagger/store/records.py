@@ -140,6 +140,10 @@ class Records:
         self.blob_threshold = blob_threshold
         self.verify_blobs = verify_blobs
         self._known_blobs: set[str] = set()
+        # States whose blobs or pickle file are on the store before their commit record: each
+        # holds this process's writer lease (see dagger.store.leases) until its record is written.
+        self._holds: dict[str, int] = {}
+        self._holds_lock = threading.Lock()
         # Pickles this process saved lately, so a child loads its parent without reading the
         # file back (bounded; content-addressed, so never stale; cleared at each run).
         self._recent: OrderedDict[str, tuple[bytes, list[tuple[str, int]]]] = OrderedDict()
@@ -181,6 +185,9 @@ class Records:
             self._recent_bytes = 0
         self._written = {}
         self._layout_ok = False  # read experiment.json's layout again before carrying a pickle
+        made = getattr(self.store, "_made", None)
+        if isinstance(made, set):
+            made.clear()  # check the folders again for links put there since (see LocalStore._check_no_link)
 
     # ---- experiment record ---------------------------------------------------
 
@@ -279,6 +286,8 @@ class Records:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+        finally:
+            self.release(sha)  # committed (or failed): its blobs need no lease any more
         if self.keep_written:
             self._written[sha] = (rev, text)  # the index reuses the text (see write_index)
         if old_rev is not None:
@@ -288,19 +297,71 @@ class Records:
 
     # ---- state pickles and blobs ----------------------------------------------
 
+    def hold(self, sha: str) -> None:
+        """Hold this process's writer lease for ``sha``: its blobs or pickle file go on the store now.
+
+        Until :meth:`release` (which :meth:`write_meta` calls once the commit record is
+        written), no ``gc`` in any process deletes a blob or pickle (see :mod:`dagger.store.leases`).
+        """
+        from dagger.store.leases import lease_for
+
+        with self._holds_lock:
+            first = sha not in self._holds
+            self._holds[sha] = self._holds.get(sha, 0) + 1
+        if first:
+            try:
+                lease_for(self.store).enter()
+            except BaseException:
+                with self._holds_lock:
+                    self._holds.pop(sha, None)
+                raise
+
+    def release(self, sha: str) -> None:
+        """Drop what :meth:`hold` took for ``sha`` (nothing if it holds nothing)."""
+        with self._holds_lock:
+            if self._holds.pop(sha, None) is None:
+                return
+        from dagger.store.leases import lease_for
+
+        lease_for(self.store).exit()
+
     def _sink(self, view: memoryview) -> str:
         if view.nbytes >= _fastio.OVERLAP_MIN and _fastio.is_local(self.store):
-            name = _fastio.put_blob(self.store, view, blob_key, self.blob_hash)  # hashes while writing
-            self._known_blobs.add(name)
-            return name
-        name = digest.hexdigest(self.blob_hash, view)
-        # Always ask the store: a blob seen earlier may have been removed since by
-        # `gc` in another process, and a state must never commit without its blobs.
-        key = blob_key(name)
-        if not self.store.exists(key):
-            self.store.put(key, view)
+            name, there = _fastio.put_blob(self.store, view, blob_key, self.blob_hash)  # hashes while writing
+            if not there:
+                self._known_blobs.add(name)
+        else:
+            name = digest.hexdigest(self.blob_hash, view)
+            # Always ask the store: a blob seen earlier may have been removed since by
+            # `gc` in another process, and a state must never commit without its blobs.
+            key = blob_key(name)
+            if not self.store.exists(key):
+                self.store.put(key, view)
+                self._known_blobs.add(name)
+                return name
+        if name not in self._known_blobs and not self._blob_intact(name, view.nbytes):
+            # A blob already there that fails its hash (damaged on disk): this state's bytes replace it.
+            self.store.put(blob_key(name), view)
         self._known_blobs.add(name)
         return name
+
+    def _blob_intact(self, name: str, size: int) -> bool:
+        """Whether the stored blob ``name``, found already there when saving, holds the right bytes.
+
+        Checked once per blob and process (then remembered in ``_known_blobs``): on a
+        local folder by its content hash, elsewhere by its size (reading it back costs a download).
+        """
+        key = blob_key(name)
+        try:
+            if _fastio.is_local(self.store):
+                if size >= _fastio.OVERLAP_MIN:
+                    _, found = _fastio.get_blob(self.store, key, self.blob_hash)
+                else:
+                    found = digest.hexdigest(self.blob_hash, self.store.get(key))
+                return found == name
+            return self.store.size(key) == size
+        except FileNotFoundError:
+            return False
 
     def _source(self, name: str, size: int) -> bytearray | memoryview:
         key = blob_key(name)
@@ -313,15 +374,14 @@ class Records:
                 buf = self.store.get_into(key)
         except FileNotFoundError:
             raise CorruptRecordError(
-                f"blob {key} is missing from the store; the state cannot be restored. "
-                "Run `dagger verify` to list every affected state, then recompute them."
+                f"blob {key} is missing from the store; the state cannot be restored"  # (load_pickle adds the fix)
             ) from None
         if len(buf) != size or (
             self.verify_blobs and (found or digest.hexdigest(self.blob_hash, memoryview(buf))) != name
         ):
             raise CorruptRecordError(
                 f"blob {key} does not match its content hash (expected {size} bytes, found {len(buf)}): "
-                "it was modified or truncated. Run `dagger verify` and recompute the affected states."
+                "it was modified or truncated"  # (load_pickle adds how to recover)
             )
         return buf
 
@@ -359,7 +419,16 @@ class Records:
         """
         key = state_key(sha)
         if self.store.exists(key):
-            return
+            try:
+                _unpack(key, self.store.get(key), sha, True)
+                return
+            except FormatVersionError:
+                return  # written by a newer dagger: not ours to replace
+            except (CorruptRecordError, FileNotFoundError):  # a stray or torn file: never keep it over a good pickle
+                carried = self._intact_carried(sha)
+                if carried is not None:
+                    self.store.put(key, carried)
+                return
         try:
             raw = self._inline_pickle(sha)
         except FileNotFoundError:
@@ -368,6 +437,16 @@ class Records:
             # Never over a file that appeared meanwhile: a rerun's new pickle (on_code_change="rerun"
             # in another process) must not be replaced by the one this record carried.
             self.store.put_if_absent(key, raw)
+
+    def _intact_carried(self, sha: str) -> bytes | None:
+        """The pickle ``sha``'s first record carries, if there is one and it is intact (header and checksum)."""
+        try:
+            raw = self._inline_pickle(sha)
+            if raw is not None:
+                _unpack(meta_key(sha, FIRST_REV), raw, sha, True)
+            return raw
+        except (FileNotFoundError, CorruptRecordError):
+            return None
 
     def carries_pickle(self, sha: str) -> bool:
         """Whether ``sha``'s first commit record exists and carries its pickle."""
@@ -407,6 +486,13 @@ class Records:
             pass
         return key, self.store.get(key)
 
+    def read_pickle_carried(self, sha: str) -> tuple[str, bytes]:
+        """The key and bytes of the pickle ``sha``'s first commit record carries; FileNotFoundError if none."""
+        raw = self._inline_pickle(sha)
+        if raw is None:
+            raise FileNotFoundError(meta_key(sha, FIRST_REV))
+        return meta_key(sha, FIRST_REV), raw
+
     def save_pickle(self, sha: str, obj: Any, inline: bool = False) -> dict[str, Any]:
         """Write a state's pickle and blobs; return what its metadata records about them.
 
@@ -414,8 +500,17 @@ class Records:
         written here: it is returned under :data:`PENDING_PICKLE`, and the
         state's first commit record (:meth:`write_meta`) carries it.
         """
+        held = False
+
+        def sink(view: memoryview) -> str:
+            nonlocal held
+            if not held:  # before the first blob is looked up: see dagger.store.leases
+                self.hold(sha)
+                held = True
+            return self._sink(view)
+
         try:
-            data, blobs = pickling.dumps(obj, self._sink, self.blob_threshold)
+            data, blobs = pickling.dumps(obj, sink, self.blob_threshold)
             # The pickle's own checksum: any damage to it (not only truncation) is caught on restore.
             algorithm = self.blob_hash
             checksum = digest.hexdigest(algorithm, data)
@@ -430,9 +525,16 @@ class Records:
             if inline and len(header) + len(data) <= INLINE_MAX:
                 out[PENDING_PICKLE] = header + data  # for write_meta: one file for the state, not two
             else:
+                if not held:
+                    self.hold(sha)
+                    held = True
                 self.store.put(state_key(sha), header + data)
-        except OSError as exc:
-            raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            if held:
+                self.release(sha)
+            if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+                raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
+            raise
         self._remember(sha, data, blobs)
         return out
 
@@ -446,19 +548,20 @@ class Records:
             try:
                 key, raw = self.read_pickle(sha)
             except FileNotFoundError:
-                raise CorruptRecordError(f"{key} is missing although state {sha[:12]} is committed") from None
-            newline = raw.find(b"\n")
-            if newline < 0:
-                raise CorruptRecordError(f"{key} is truncated: it has no header. {_recompute_hint(sha)}")
-            header = _parse_json(raw[:newline], key)
-            _check_format(header, key)
-            blobs = _blob_list(header.get("blobs", []), key)
-            data = memoryview(raw)[newline + 1 :]
-            if self.verify_blobs and not checksum_matches(header, data):
                 raise CorruptRecordError(
-                    f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
-                    f"truncated. {_recompute_hint(sha)}"
-                )
+                    f"{key} is missing although state {sha[:12]} is committed. {_recompute_hint(sha)}"
+                ) from None
+            try:
+                header, blobs, data = _unpack(key, raw, sha, self.verify_blobs)
+            except FormatVersionError:
+                raise
+            except CorruptRecordError:
+                # A stray or torn pickle file never shadows an intact pickle that the first record carries.
+                carried = self._intact_carried(sha) if key == state_key(sha) else None
+                if carried is None:
+                    raise
+                key = meta_key(sha, FIRST_REV)
+                header, blobs, data = _unpack(key, carried, sha, self.verify_blobs)
             signing.check(header, sha, data, self.signing_key, key)  # before anything is unpickled
         try:
             return pickling.loads(data, blobs, self._source, map_location)
@@ -1020,11 +1123,38 @@ class StoredMetas:
             return _index_text(rows)
 
 
+def _unpack(
+    key: str, raw: bytes, sha: str, check: bool
+) -> tuple[dict[str, Any], list[tuple[str, int]], memoryview]:
+    """The header, blob list and pickle bytes of a state pickle file's content (header line + pickle).
+
+    CorruptRecordError if it is truncated, its header unreadable, or (``check``) its bytes
+    do not match the checksum in its header.
+    """
+    newline = raw.find(b"\n")
+    if newline < 0:
+        raise CorruptRecordError(f"{key} is truncated: it has no header. {_recompute_hint(sha)}")
+    header = _parse_json(raw[:newline], key)
+    _check_format(header, key)
+    blobs = _blob_list(header.get("blobs", []), key)
+    data = memoryview(raw)[newline + 1 :]
+    if check and not checksum_matches(header, data):
+        raise CorruptRecordError(
+            f"{key} does not match its checksum ({len(data)} bytes of pickle): it was modified or "
+            f"truncated. {_recompute_hint(sha)}"
+        )
+    return header, blobs, data
+
+
+#: How to recover from damaged files, as errors and docs/storage.md say it.
+RECOVERY = (
+    "run `dagger verify --repair DIR` (it removes damaged blobs and pickles and the records of the states "
+    "that need them), then run the experiment again: it recomputes those states"
+)
+
+
 def _recompute_hint(sha: str) -> str:
-    return (
-        f"Run `dagger verify` to list every damaged state; to recompute this one, delete meta/{sha}.*.json "
-        "and run the experiment again"
-    )
+    return f"To recompute state {sha[:12]} and every other damaged state, {RECOVERY}"
 
 
 def _blob_list(value: Any, key: str) -> list[tuple[str, int]]:
@@ -1045,8 +1175,8 @@ def _parse_json(raw: bytes, key: str) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise CorruptRecordError(
-            f"{key} is not valid JSON ({exc}); the file is truncated or was edited. Run `dagger verify` to list "
-            "damaged files; a damaged meta/ record can be deleted, and its state is recomputed on the next run"
+            f"{key} is not valid JSON ({exc}); the file is truncated or was edited. To list every damaged file, "
+            f"run `dagger verify DIR`; to recompute what they held, {RECOVERY}"
         ) from None
     if not isinstance(data, dict):
         raise CorruptRecordError(f"{key} does not hold a JSON object")
