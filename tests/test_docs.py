@@ -18,6 +18,8 @@ Keys, separated by ``;``:
   run once as one test: the chain's blocks in order).
 - ``replace=OLD => NEW``: text substituted before running, for addresses the page can only
   name (an S3 endpoint, a scheduler); NEW may use ``{s3_endpoint}`` and ``{scheduler}``.
+- ``runner=pytest``: a Python block that is a test module (a store backend's conformance
+  tests): it runs under pytest, which must collect and pass at least one test.
 - ``exit=N``: the exit status every shell command of the block must give (default 0).
 - ``check=KIND``: the block is *declared not run*, and checked a cheaper way instead:
   ``make-dry-run`` (each ``make TARGET`` line: ``make -n TARGET`` in the repository, so the
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = {"python", "bash", "sh", "shell", "console"}
 SHELL = CODE - {"python"}
-KEYS = {"setup", "continue", "replace", "exit", "check"}
+KEYS = {"setup", "continue", "replace", "exit", "check", "runner"}
 CHECKS = {"make-dry-run", "pip-extras"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -227,6 +229,8 @@ def eval_model(model, data):
     "guide": ([], "import sys\nsys.path.insert(0, 'examples/pruning')\n"),
     # an S3-compatible server holding the bucket `lab-bucket`, with Listing 2 at s3://lab-bucket/runs/prune
     "s3": ([], "import dagger as dg\nfrom paperdefs import State\n"),
+    # "a new backend": a real one, a local store under another name
+    "store-backend": ([], "from dagger.store import LocalStore\n\nclass MyStore(LocalStore):\n    pass\n"),
 }
 
 
@@ -254,8 +258,9 @@ def s3_listing2(s3_bucket, built, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def scheduler(tmp_path_factory):
-    """A real Dask cluster (one worker process) that can import the study and the tests' definitions."""
+def scheduler(s3_server):
+    """A real Dask cluster (one worker process) that can import the study and the tests' definitions, and
+    reaches the session's S3 server (its workers inherit the credentials ``s3_server`` puts in the environment)."""
     distributed = pytest.importorskip("distributed")  # the [test] extra installs it
     for folder in (ROOT / "examples" / "pruning", ROOT / "tests"):
         if str(folder) not in sys.path:
@@ -281,7 +286,9 @@ def _workdir(tmp_path: Path, names: list[str], built, tmp_path_factory) -> Path:
     src = ROOT / "src"  # first, also under a command's own `PYTHONPATH=...`
     dagger.write_text(f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m dagger.cli "$@"\n')
     dagger.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    python = bin_dir / "python"  # a script, not a link: a link to a venv's python leaves the venv
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
     (work / ".venv" / "bin").mkdir(parents=True)
     (work / ".venv" / "bin" / "dagger").symlink_to(dagger)
     return work
@@ -358,11 +365,14 @@ def test_doc_block_runs(unit: list[Block], tmp_path, built, tmp_path_factory, re
         env["PYTHONPATH"] += os.pathsep + env_tests
     codes = _substitute(unit, request)
     if head.lang == "python":
-        script = work / "doc_block.py"
+        script = work / "test_doc_block.py"
         script.write_text(prelude + "\n" + "\n".join(codes))
-        done = subprocess.run(
-            [sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=900
-        )
+        runner = head.options.get("runner", "python")
+        assert runner in ("python", "pytest"), f"{head.where}: unknown runner {runner!r}"
+        command = [sys.executable, str(script)]
+        if runner == "pytest":
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)]
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         where = ", ".join(b.where for b in unit)
         assert done.returncode == 0, f"{where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
         return
