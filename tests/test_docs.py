@@ -20,6 +20,8 @@ Keys, separated by ``;``:
   name (an S3 endpoint, a scheduler); NEW may use ``{s3_endpoint}`` and ``{scheduler}``.
 - ``runner=pytest``: a Python block that is a test module (a store backend's conformance
   tests): it runs under pytest, which must collect and pass at least one test.
+- ``volatile=A,B``: in a ```console block's printed output, lines that start with one of these
+  words (times, sizes, process ids) match any line starting with the same word.
 - ``exit=N``: the exit status every shell command of the block must give (default 0).
 - ``check=KIND``: the block is *declared not run*, and checked a cheaper way instead:
   ``make-dry-run`` (each ``make TARGET`` line: ``make -n TARGET`` in the repository, so the
@@ -27,7 +29,9 @@ Keys, separated by ``;``:
   'pkg[extras]'``: the package and its extras exist in pyproject.toml). Any other kind fails.
 
 Python blocks run as real script files in a subprocess, in the working folder; shell blocks run
-each command with bash there (for ```console, the lines starting with ``$ ``), with ``dagger``
+each command with bash there (for ```console, the lines starting with ``$ ``, and what the page
+prints below a command must be what it prints: ``...`` stands for any text within a line, or
+alone on a line for any number of lines; the working folder's path reads as relative), with ``dagger``
 and ``python`` of this interpreter first on PATH (and ``.venv/bin/dagger`` in the folder, as the
 README writes it). PYTHONPATH gives this checkout's ``src``.
 """
@@ -39,7 +43,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = {"python", "bash", "sh", "shell", "console"}
 SHELL = CODE - {"python"}
-KEYS = {"setup", "continue", "replace", "exit", "check", "runner"}
+KEYS = {"setup", "continue", "replace", "exit", "check", "runner", "volatile"}
 CHECKS = {"make-dry-run", "pip-extras"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -240,7 +243,11 @@ def s3_bucket(s3_server):
     import boto3
 
     boto3.client(
-        "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     ).create_bucket(Bucket="lab-bucket")
     return s3_server
 
@@ -284,7 +291,9 @@ def _workdir(tmp_path: Path, names: list[str], built, tmp_path_factory) -> Path:
     bin_dir.mkdir()
     dagger = bin_dir / "dagger"
     src = ROOT / "src"  # first, also under a command's own `PYTHONPATH=...`
-    dagger.write_text(f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m dagger.cli "$@"\n')
+    dagger.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{src}${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -m dagger.cli "$@"\n'
+    )
     dagger.chmod(0o755)
     python = bin_dir / "python"  # a script, not a link: a link to a venv's python leaves the venv
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
@@ -310,6 +319,41 @@ def _substitute(unit: list[Block], request) -> list[str]:
     return codes
 
 
+def _console(code: str) -> list[tuple[str, list[str]]]:
+    """A console block as (command, the output lines the page shows for it)."""
+    out: list[tuple[str, list[str]]] = []
+    for line in code.rstrip("\n").splitlines():
+        if line.startswith("$ "):
+            out.append((line[2:], []))
+        elif out:
+            out[-1][1].append(line)
+    return [(cmd, lines[:-1] if lines and not lines[-1].strip() else lines) for cmd, lines in out]
+
+
+def _output_pattern(expected: list[str], volatile: list[str]) -> re.Pattern[str]:
+    parts = []
+    for line in expected:
+        line = line.rstrip()
+        if line == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+            continue
+        stripped = line.lstrip()
+        word = next((w for w in volatile if stripped.startswith(w)), None)
+        if word is not None:
+            parts.append(re.escape(line[: len(line) - len(stripped) + len(word)]) + r"[^\n]*\n")
+        else:
+            parts.append(r"[^\n]*?".join(re.escape(piece) for piece in line.split("...")) + r"\n")
+    return re.compile("".join(parts))
+
+
+def _check_output(block: Block, command: str, expected: list[str], printed: str, work: Path) -> None:
+    volatile = [w.strip() for w in block.options.get("volatile", "").split(",") if w.strip()]
+    actual = "".join(line.rstrip() + "\n" for line in printed.replace(f"{work}/", "").splitlines())
+    if not _output_pattern(expected, volatile).fullmatch(actual):
+        shown = "\n".join(expected)
+        raise AssertionError(f"{block.where}: `{command}` printed\n{actual}\nbut the page shows\n{shown}")
+
+
 def _commands(block: Block, code: str) -> list[str]:
     if block.lang == "console":
         cmds = [line[2:] for line in code.splitlines() if line.startswith("$ ")]
@@ -332,13 +376,16 @@ def _check(block: Block) -> None:
             done = subprocess.run(["make", "-n", *words[1:]], cwd=ROOT, capture_output=True, text=True)
             assert done.returncode == 0, f"{block.where}: make -n {' '.join(words[1:])}: {done.stderr}"
     elif kind == "pip-extras":
-        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        text = (ROOT / "pyproject.toml").read_text()  # read by hand: tomllib is 3.11+
+        name = re.search(r'^name\s*=\s*"([^"]+)"', text, re.M).group(1)
+        section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+        extras = set(re.findall(r"^([A-Za-z0-9_-]+)\s*=", section, re.M))
         for line in lines:
             m = re.search(r"pip install '([^'\[]+)\[([^\]]*)\]'", line)
             assert m, f"{block.where}: not a `pip install 'pkg[extras]'` line: {line}"
-            assert m.group(1) == project["name"], f"{block.where}: the package is {project['name']}"
+            assert m.group(1) == name, f"{block.where}: the package is {name}"
             for extra in m.group(2).split(","):
-                assert extra in project["optional-dependencies"], f"{block.where}: no extra {extra!r} in pyproject"
+                assert extra in extras, f"{block.where}: no extra {extra!r} in pyproject.toml ({sorted(extras)})"
 
 
 # ---- the test --------------------------------------------------------------------------------
@@ -376,15 +423,16 @@ def test_doc_block_runs(unit: list[Block], tmp_path, built, tmp_path_factory, re
         where = ", ".join(b.where for b in unit)
         assert done.returncode == 0, f"{where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
         return
-    expected = int(head.options.get("exit", "0"))
+    status = int(head.options.get("exit", "0"))
+    shown = dict(_console(codes[0])) if head.lang == "console" else {}
     for command in _commands(head, codes[0]):
-        done = subprocess.run(
-            ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900
-        )
-        assert done.returncode == expected, (
-            f"{head.where}: `{command}` exited {done.returncode}, not {expected}:\n{done.stdout[-3000:]}\n"
+        done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == status, (
+            f"{head.where}: `{command}` exited {done.returncode}, not {status}:\n{done.stdout[-3000:]}\n"
             f"{done.stderr[-3000:]}"
         )
+        if shown.get(command):
+            _check_output(head, command, shown[command], done.stdout + done.stderr, work)
 
 
 def test_every_page_is_read_and_every_block_is_a_test():
@@ -392,10 +440,21 @@ def test_every_page_is_read_and_every_block_is_a_test():
     fences = 0
     for page in PAGES:
         fences += sum(
-            1 for line in page.read_text().splitlines() if FENCE.match(line) and FENCE.match(line).group(2).lower() in CODE
+            1
+            for line in page.read_text().splitlines()
+            if FENCE.match(line) and FENCE.match(line).group(2).lower() in CODE
         )
     assert fences == sum(len(u) for u in UNITS) > 20
     assert {b.page.name for u in UNITS for b in u} >= {"README.md", "cli.md", "guide.md", "storage.md"}
+
+
+def test_printed_output_is_compared():
+    """`...` is any text (or, alone, any lines); volatile words match any value; the rest is exact."""
+    pattern = _output_pattern(["a ... z", "...", "created  2026-01-01", "end"], ["created"])
+    assert pattern.fullmatch("a b c z\nx\ny\ncreated  2031-05-05 10:00\nend\n")
+    assert pattern.fullmatch("a - z\ncreated  x\nend\n")
+    assert not pattern.fullmatch("a b c z\ncreated  x\nEND\n")
+    assert not pattern.fullmatch("b z\ncreated  x\nend\n")
 
 
 def test_directives_are_checked(tmp_path):
@@ -410,3 +469,25 @@ def test_directives_are_checked(tmp_path):
     page.write_text("<!-- docs: setup=pruning -->\n\n```python\nprint(1)\n```\n```text\nout\n```\n")
     (block,) = read_blocks(page)
     assert block.options == {"setup": "pruning"} and block.code == "print(1)\n" and block.line == 3
+
+
+def test_readme_results_table_is_what_the_study_prints(built, tmp_path_factory):
+    """The README's table of the pruning study (a ```text block) is the study's own output, digit for digit."""
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"```text\n(state +recipe .*?)```", readme, re.S)
+    assert m, "README.md lost its results table"
+    work = _experiment("pruning", built, tmp_path_factory)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT / 'examples' / 'pruning')!r})\n"
+            "import dagger as dg, study\nprint(study.results_table(dg.Experiment.restore('runs/pruning')))",
+        ],
+        cwd=work,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == m.group(1).strip()

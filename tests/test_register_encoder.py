@@ -74,4 +74,3 @@ def test_misuses_are_type_errors_that_name_the_fix():
         decorator(1, 2)  # e.g. `@dg.register_encoder` on a class, then instantiating it
     decorator(encode)
     assert hashing.digest(Point(1, 2)) != hashing.digest(Point(2, 1))
-

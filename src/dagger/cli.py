@@ -53,6 +53,7 @@ from dagger.store.records import FIRST_REV, blob_key, meta_key, state_key
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
+
 def _click_exceptions() -> Any:
     """The exceptions module of the click that typer runs on (typer 0.2x vendors its own copy)."""
     try:

@@ -96,9 +96,7 @@ def register_encoder(cls: type, fn: Encoder | None = None) -> Any:
 
 def _set_encoder(cls: type, fn: Any) -> None:
     if not callable(fn):
-        raise TypeError(
-            f"the encoder for {cls.__name__} must be a function fn(obj) returning plain values, not {fn!r}"
-        )
+        raise TypeError(f"the encoder for {cls.__name__} must be a function fn(obj) returning plain values, not {fn!r}")
     _user_encoders[cls] = fn
     _pending.pop(cls, None)
     _dispatch.pop(cls, None)
