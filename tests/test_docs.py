@@ -2,7 +2,8 @@
 
 Each ```python, ```bash, ```sh, ```shell and ```console block becomes a test, found by reading
 the files: a block added to any page is picked up with no change here, and fails the suite if it
-does not run. Other fences (```text, a bare ```) hold output or layouts and are not code.
+does not run. Other fences (```text, a bare ```, ```json, ...: ``NOT_CODE``) hold output or layouts
+and are not code; a fence in any other language fails the suite.
 
 A block that needs context says so in an HTML comment right above its fence (invisible on
 GitHub)::
@@ -51,6 +52,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = {"python", "bash", "sh", "shell", "console"}
+#: fences that hold no code: output, file layouts, data. Any other language is an error (```py, ```pycon
+#: would otherwise be skipped without a word).
+NOT_CODE = {"", "text", "json", "csv", "toml", "yaml", "ini", "diff", "svg"}
 SHELL = CODE - {"python"}
 KEYS = {"setup", "continue", "replace", "exit", "check", "runner", "volatile"}
 CHECKS = {"make-dry-run", "pip-extras"}
@@ -455,6 +459,17 @@ def test_printed_output_is_compared():
     assert pattern.fullmatch("a - z\ncreated  x\nend\n")
     assert not pattern.fullmatch("a b c z\ncreated  x\nEND\n")
     assert not pattern.fullmatch("b z\ncreated  x\nend\n")
+
+
+def test_every_fence_says_what_it_holds():
+    """A fence is code (and runs) or declared not code: ```py or ```pycon cannot slip past the runner."""
+    unknown = [
+        f"{page.relative_to(ROOT)}:{n}: ```{m.group(2)}"
+        for page in PAGES
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        if (m := FENCE.match(line)) and m.group(2).lower() not in CODE | NOT_CODE
+    ]
+    assert not unknown, f"write ```python / ```console for code, ```text for output: {unknown}"
 
 
 def test_directives_are_checked(tmp_path):
