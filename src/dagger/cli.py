@@ -56,22 +56,31 @@ OK, PROBLEM, USAGE = 0, 1, 2
 
 def _click_exceptions() -> Any:
     """The exceptions module of the click that typer runs on (typer 0.2x vendors its own copy)."""
+    import importlib
+
     try:
-        from typer._click import exceptions
+        return importlib.import_module("typer._click.exceptions")
     except ImportError:  # typer on the click package
-        from click import exceptions
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 class _OneLineErrors(typer.core.TyperGroup):
     """The command group, printing a usage error as one line ``dagger: error: ...`` (exit 2), not a box."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         click = _click_exceptions()
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except click.NoArgsIsHelpError as exc:  # bare `dagger`: the help, as click prints it
             exc.show()
             sys.exit(exc.exit_code)
