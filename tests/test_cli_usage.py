@@ -41,6 +41,7 @@ def listing(tmp_path_factory):
         (["inspect", "{dir}", "583d", "--json=3"], "does not take a value"),
         (["results", "{dir}", "--tag"], "requires an argument"),
         (["--storage-option", "no-equals-sign", "show", "{dir}"], "KEY=VALUE"),
+        (["-O", "anon=true", "-O", "anon.x=1", "show", "{dir}"], "cannot also hold keys"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(listing, args, needle):
