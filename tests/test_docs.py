@@ -16,7 +16,8 @@ Keys, separated by ``;``:
   the experiment the page names, and for Python blocks a prelude that defines what the page
   assumes (helpers of an illustrative fragment, ``exp``). Without it, an empty folder.
 - ``continue``: a Python block that goes on from the page's previous Python block (same script,
-  run once as one test: the chain's blocks in order).
+  run once as one test: the chain's blocks in order). ``chain=NAME`` names a block's chain, and
+  ``continue=NAME`` goes on with that chain, with other blocks in between.
 - ``replace=OLD => NEW``: text substituted before running, for addresses the page can only
   name (an S3 endpoint, a scheduler); NEW may use ``{s3_endpoint}`` and ``{scheduler}``.
 - ``runner=pytest``: a Python block that is a test module (a store backend's conformance
@@ -56,7 +57,7 @@ CODE = {"python", "bash", "sh", "shell", "console"}
 #: would otherwise be skipped without a word).
 NOT_CODE = {"", "text", "json", "csv", "toml", "yaml", "ini", "diff", "svg"}
 SHELL = CODE - {"python"}
-KEYS = {"setup", "continue", "replace", "exit", "check", "runner", "volatile"}
+KEYS = {"setup", "continue", "chain", "replace", "exit", "check", "runner", "volatile"}
 CHECKS = {"make-dry-run", "pip-extras"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -128,16 +129,21 @@ def units() -> list[list[Block]]:
     out: list[list[Block]] = []
     for page in PAGES:
         last_python: list[Block] | None = None
+        chains: dict[str, list[Block]] = {}
         for block in read_blocks(page):
             if "continue" in block.options:
-                if block.lang != "python" or last_python is None:
+                name = block.options["continue"]
+                chain = chains.get(name) if name else last_python
+                if block.lang != "python" or chain is None:
                     raise ValueError(f"{block.where}: `continue` needs a Python block after another one")
-                last_python.append(block)
+                chain.append(block)
                 continue
             unit = [block]
             out.append(unit)
             if block.lang == "python":
                 last_python = unit
+            if block.options.get("chain"):
+                chains[block.options["chain"]] = unit
     return out
 
 
@@ -423,14 +429,14 @@ def test_doc_block_runs(unit: list[Block], tmp_path, built, tmp_path_factory, re
         command = [sys.executable, str(script)]
         if runner == "pytest":
             command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)]
-        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         where = ", ".join(b.where for b in unit)
         assert done.returncode == 0, f"{where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
         return
     status = int(head.options.get("exit", "0"))
     shown = dict(_console(codes[0])) if head.lang == "console" else {}
     for command in _commands(head, codes[0]):
-        done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == status, (
             f"{head.where}: `{command}` exited {done.returncode}, not {status}:\n{done.stdout[-3000:]}\n"
             f"{done.stderr[-3000:]}"
