@@ -53,7 +53,52 @@ from dagger.store.records import FIRST_REV, blob_key, meta_key, state_key
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
+
+def _click_exceptions() -> Any:
+    """The exceptions module of the click that typer runs on (typer 0.2x vendors its own copy)."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:  # typer on the click package
+        return importlib.import_module("click.exceptions")
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The command group, printing a usage error as one line ``dagger: error: ...`` (exit 2), not a box."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        click = _click_exceptions()
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except click.NoArgsIsHelpError as exc:  # bare `dagger`: the help, as click prints it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and ctx is not None:
+                message += f" (see '{ctx.command_path} --help')"
+            _error(message)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.stderr.write("dagger: aborted\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else OK)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="dagger",
     help="Browse, compare, tabulate and draw dagger experiments (reads metadata only; never unpickles).",
     no_args_is_help=True,
@@ -61,6 +106,60 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+# fsspec options for every command's DIR, from `dagger --storage-option KEY=VALUE ...` (see _global_options).
+_storage_options: dict[str, Any] = {}
+
+
+def _parse_storage_option(text: str) -> tuple[list[str], Any]:
+    """``KEY=VALUE`` as (key path, value): a dotted key nests (``client_kwargs.endpoint_url``); a value
+    that parses as JSON (``true``, ``3``, ``{...}``) is that value, anything else is the string."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise Failure(
+            f"--storage-option takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000), not {text!r}", USAGE
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return path, value
+
+
+def _global_options(
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            "-O",
+            metavar="KEY=VALUE",
+            help="An fsspec option for opening DIR, e.g. endpoint_url=http://127.0.0.1:9000 for an S3-compatible "
+            "server, or anon=true; a dotted KEY nests (client_kwargs.region_name=eu-west-1). Repeatable; "
+            "give it before the command.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Browse, compare, tabulate and draw dagger experiments (reads metadata only; never unpickles)."""
+    _storage_options.clear()
+    for text in storage_option or []:
+        try:
+            path, value = _parse_storage_option(text)
+        except Failure as exc:
+            _error(str(exc))
+            raise typer.Exit(exc.code) from None
+        target = _storage_options
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                _error(f"--storage-option {text!r}: {part} was given a value and cannot also hold keys")
+                raise typer.Exit(USAGE)
+        target[path[-1]] = value
+
+
+app.callback()(_global_options)
 
 
 class Failure(Exception):
@@ -187,7 +286,7 @@ def _open(directory: str) -> Experiment:
         what = "is a file, not an experiment folder" if os.path.exists(path) else "does not exist"
         raise Failure(f"{directory} {what}", USAGE)
     try:
-        return Experiment.restore(directory, slim=True)
+        return Experiment.restore(directory, slim=True, storage_options=_storage_options)
     except NotAnExperimentError as exc:
         raise Failure(str(exc), USAGE) from None
     except CorruptRecordError as exc:

@@ -329,6 +329,8 @@ class Experiment:
         # the index's columns.
         stored = StoredMetas(self.records.load_index(on_corrupt=self._warn_corrupt))
         selected = self._select(targets)
+        if not self._promises:
+            self._warn_nothing_defined(stored)
         forced = self._prepare_run(selected, stored)
         try:
             graph, tag_updates = self._build_graph(selected, stored, forced)
@@ -424,6 +426,19 @@ class Experiment:
             "Run exp.run() again to resume: finished states are served from the store.\n"
         )
         sys.stderr.flush()
+
+    def _warn_nothing_defined(self, stored: StoredMetas) -> None:
+        """Say why a run with no definitions does nothing, and how to grow a stored tree."""
+        n = len(stored.index)
+        held = f"its {n} stored states are not re-run" if n else "nothing runs"
+        warnings.warn(
+            f"Experiment.run() on {self.directory}: no states are defined in this session, so {held}. "
+            "An experiment runs what its script defines: to extend a stored tree, define the whole tree "
+            "again (exp.spawn_new_tree(...) with the same properties, then the recipes, old and new) and "
+            "call run(); the stored states are cache hits and only the new ones are computed.",
+            DaggerWarning,
+            stacklevel=3,
+        )
 
     def _select(self, targets: Iterable[ExperimentStatePromise] | None) -> list[ExperimentStatePromise]:
         if targets is None:

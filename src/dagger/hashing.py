@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from dagger.errors import UnhashableError
+from dagger.errors import DaggerWarning, UnhashableError
 
 #: Bump only with a migration: every stored hash depends on it.
 FORMAT_VERSION = 1
@@ -65,31 +65,81 @@ _pack_double = struct.Struct(">d").pack
 _dispatch: dict[type, Callable[[Any, Any, _Walk], None]] = {}
 # User encoders: type -> function(obj) returning an encodable value.
 _user_encoders: dict[type, Encoder] = {}
+# Classes given to register_encoder(cls) whose returned decorator was never applied.
+_pending: dict[type, bool] = {}
 # Top-level module name -> function registering that library's encoders.
 _lazy: dict[str, Callable[[], None]] = {}
 
 
-def register_encoder(cls: type) -> Callable[[Encoder], Encoder]:
+def register_encoder(cls: type, fn: Encoder | None = None) -> Any:
     """Register ``fn(obj) -> encodable`` as the encoding of instances of ``cls``.
 
     The function returns plain values (numbers, strings, tuples, dicts, ...)
     that stand for the object; they are encoded in turn, tagged with the
     class's import path. Subclasses use the encoder of their nearest base.
-
-    Example::
+    Use it as a decorator, or call it with the function::
 
         @dagger.register_encoder(Fraction)
         def _(f):
             return (f.numerator, f.denominator)
+
+        dagger.register_encoder(Fraction, lambda f: (f.numerator, f.denominator))
+
+    ``register_encoder(cls)`` alone registers nothing until the function it
+    returns is applied to an encoder; dagger warns when that decorator is
+    dropped unused, and hashing an instance of ``cls`` then says so.
     """
-
-    def decorator(fn: Encoder) -> Encoder:
-        _user_encoders[cls] = fn
-        _dispatch.pop(cls, None)
-        _resolved.clear()
+    if not isinstance(cls, type):
+        raise TypeError(
+            f"register_encoder takes the class first, not {cls!r}: write @dagger.register_encoder(MyClass) "
+            "above the encoder function, or call dagger.register_encoder(MyClass, fn)"
+        )
+    if fn is not None:
+        _set_encoder(cls, fn)
         return fn
+    _pending[cls] = True
+    return _EncoderDecorator(cls)
 
-    return decorator
+
+def _set_encoder(cls: type, fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"the encoder for {cls.__name__} must be a function fn(obj) returning plain values, not {fn!r}")
+    _user_encoders[cls] = fn
+    _pending.pop(cls, None)
+    _dispatch.pop(cls, None)
+    _resolved.clear()
+
+
+class _EncoderDecorator:
+    """What ``register_encoder(cls)`` returns: apply it to the encoder function to register it."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.applied = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Encoder:
+        if len(args) != 1 or kwargs:
+            raise TypeError(
+                f"register_encoder({self.cls.__name__}) returns a decorator for the encoder function, called "
+                f"here with {len(args)} argument(s){' and keywords' if kwargs else ''}: put "
+                f"@dagger.register_encoder({self.cls.__name__}) above a function fn(obj), or call "
+                f"dagger.register_encoder({self.cls.__name__}, fn)"
+            )
+        _set_encoder(self.cls, args[0])
+        self.applied = True
+        return args[0]  # type: ignore[no-any-return]
+
+    def __del__(self) -> None:
+        if not self.applied and _pending.get(self.cls) and sys is not None and sys.meta_path is not None:
+            import warnings
+
+            warnings.warn(
+                f"dagger.register_encoder({self.cls.__name__}) registered nothing: it returns a decorator. "
+                f"Put @dagger.register_encoder({self.cls.__name__}) above an encoder function fn(obj), or call "
+                f"dagger.register_encoder({self.cls.__name__}, fn)",
+                DaggerWarning,
+                stacklevel=2,
+            )
 
 
 def object_path(obj: Any) -> str:
@@ -266,6 +316,15 @@ def _subclass(fn: Callable[[Any, Any, _Walk], None]) -> Callable[[Any, Any, _Wal
 
 def _unhashable(obj: Any) -> UnhashableError:
     path = object_path(type(obj))
+    pending = next((base for base in type(obj).__mro__ if base in _pending), None)
+    if pending is not None:
+        name = pending.__name__
+        return UnhashableError(
+            f"dagger cannot hash a value of type {path!r}: register_encoder({name}) was called without an "
+            "encoder function, so nothing was registered. Put "
+            f"@dagger.register_encoder({name}) above a function fn(obj) that returns plain values, or call "
+            f"dagger.register_encoder({name}, fn)."
+        )
     return UnhashableError(
         f"dagger cannot hash a value of type {path!r}: it has no stable, canonical encoding, "
         "so it cannot be part of a state's identity. Either give the class a "
