@@ -25,6 +25,10 @@ Keys, separated by ``;``:
 - ``volatile=A,B``: in a ```console block's printed output, lines that start with one of these
   words (times, sizes, process ids) match any line starting with the same word.
 - ``exit=N``: the exit status every shell command of the block must give (default 0).
+- ``serve``: in a ```console block, each command is a server that runs until stopped
+  (``dagger ui``): it is started, the first line it prints must be what the page shows (its
+  port may differ), the address it prints must answer an HTTP GET with a page, and then it is
+  stopped.
 - ``check=KIND``: the block is *declared not run*, and checked a cheaper way instead:
   ``make-dry-run`` (each ``make TARGET`` line: ``make -n TARGET`` in the repository, so the
   targets exist without recursing into ``make test``), ``pip-extras`` (each ``pip install
@@ -57,7 +61,7 @@ CODE = {"python", "bash", "sh", "shell", "console"}
 #: would otherwise be skipped without a word).
 NOT_CODE = {"", "text", "json", "csv", "toml", "yaml", "ini", "diff", "svg"}
 SHELL = CODE - {"python"}
-KEYS = {"setup", "continue", "chain", "replace", "exit", "check", "runner", "volatile"}
+KEYS = {"setup", "continue", "chain", "replace", "exit", "check", "runner", "volatile", "serve"}
 CHECKS = {"make-dry-run", "pip-extras"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -372,6 +376,34 @@ def _commands(block: Block, code: str) -> list[str]:
     return [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _serve(block: Block, command: str, expected: list[str], work: Path, env: dict[str, str]) -> None:
+    """Start a server command, check the line it prints and that its address serves a page, stop it."""
+    import select
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, f"{block.where}: `{command}` printed nothing in 120 s"
+        first = proc.stdout.readline()
+        assert proc.poll() is None, f"{block.where}: `{command}` stopped at once:\n{first}{proc.stdout.read()}"
+        shown = [re.sub(r"(127\.0\.0\.1|localhost):\d+", r"\1:...", line) for line in expected[:1]]
+        _check_output(block, command, shown, first, work)
+        url = re.search(r"https?://\S+?(?=[\s)]|$)", first)
+        assert url, f"{block.where}: `{command}` printed no address: {first!r}"
+        with urllib.request.urlopen(url.group(0), timeout=30) as page:
+            assert page.status == 200 and b"<html" in page.read(4096).lower(), f"{block.where}: {url.group(0)}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 # ---- the declared-not-run checks -------------------------------------------------------------
 
 
@@ -435,6 +467,11 @@ def test_doc_block_runs(unit: list[Block], tmp_path, built, tmp_path_factory, re
         return
     status = int(head.options.get("exit", "0"))
     shown = dict(_console(codes[0])) if head.lang == "console" else {}
+    if "serve" in head.options:
+        assert head.lang == "console", f"{head.where}: serve= needs a console block"
+        for command in _commands(head, codes[0]):
+            _serve(head, command, shown.get(command, []), work, env)
+        return
     for command in _commands(head, codes[0]):
         done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == status, (
