@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagger.errors import DefinitionError, RecipeReturnError
-from dagger.state import ExperimentState
+from dagger.state import ExperimentState, set_attributes
 from dagger.store import open_store, pickling
 from dagger.store._local import current_pid
 from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
@@ -315,9 +315,8 @@ def _already_committed(records: Records, sha: str) -> tuple[dict[str, Any] | Non
 
 
 def _attach(state: ExperimentState, sha: str, meta: dict[str, Any]) -> None:
-    state.__dict__["_dg_sha"] = sha
-    state.__dict__["_dg_meta"] = meta
-    state.__dict__["_dg_loaded"] = True
+    # Not through state.__dict__: that would slow every attribute the recipe reads (see set_attributes).
+    set_attributes(state, (("_dg_sha", sha), ("_dg_meta", meta), ("_dg_loaded", True)))
 
 
 def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentState:
@@ -325,7 +324,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
     seed = int(spec.sha[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
     if spec.parent is None:
         state = cls.__new__(cls)
-        state.__dict__.update(spec.properties)
+        set_attributes(state, spec.properties.items())
         _attach(state, spec.sha, spec.meta)
         with _SEEDED if runtime.seed else nullcontext():
             if runtime.seed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import copyreg
 import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,11 +94,45 @@ class Recipe:
                 "apply recipes to what Experiment.spawn_new_tree or another recipe returned"
             )
         props, sha = self.identity()
-        return state._experiment._add_child(state, copy.copy(self), props, sha)
+        return state._experiment._add_child(state, own_copy(self), props, sha)
 
     def __repr__(self) -> str:
         props = ", ".join(f"{p}={getattr(self, p, '?')!r}" for p in self.PROPERTIES)
         return f"{type(self).__name__}({props})"
+
+
+def own_copy(obj: Any) -> Any:
+    """A shallow copy of ``obj`` (a recipe) whose attributes run as fast as those of an object built normally.
+
+    ``copy.copy`` fills the new object's ``__dict__`` in one ``update``, which
+    leaves a plain dict behind it; CPython (3.11) then looks each attribute up
+    in that dict, without the per-class layout its attribute caches use for
+    objects whose attributes were set one by one (a ``run`` looping over
+    ``self.i`` ran 1.5-2.8x slower). Here the copy is made empty with
+    ``cls.__new__`` and its attributes are set one by one, in the original's
+    order. Each application of a recipe still gets its own object, so mutating
+    one never affects another. Objects that customise copying (``__copy__``,
+    ``__reduce_ex__``, ``__getstate__``), use ``__slots__`` or shadow an attribute
+    with a class descriptor are copied with ``copy.copy``.
+    """
+    cls = type(obj)
+    if (
+        getattr(cls, "__copy__", None) is not None
+        or cls.__reduce_ex__ is not object.__reduce_ex__
+        or cls.__reduce__ is not object.__reduce__
+        or getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__  # type: ignore[attr-defined]
+        or copyreg._slotnames(cls)  # type: ignore[attr-defined]
+    ):
+        return copy.copy(obj)
+    attrs = obj.__dict__
+    for name in attrs:
+        if hasattr(getattr(cls, name, None), "__set__"):  # a class descriptor (property) of the same name
+            return copy.copy(obj)
+    new = cls.__new__(cls)
+    setattr_ = object.__setattr__
+    for name, value in attrs.items():
+        setattr_(new, name, value)
+    return new
 
 
 class Function:
