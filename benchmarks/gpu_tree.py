@@ -45,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import emit, repeat_env  # noqa: E402
+from _common import bench_base, emit, repeat_env  # noqa: E402
 
 import dagger as dg  # noqa: E402
 
@@ -187,6 +187,13 @@ def blob_list(exp, sha: str) -> list[tuple[str, int]]:
     return [tuple(b) for b in json.loads(raw.split(b"\n", 1)[0]).get("blobs", [])]
 
 
+def _folder(chosen: str | None) -> str:
+    """Where to write: ``--dir``, else the benchmark session's folder (see ``_common.bench_base``)."""
+    folder = chosen or bench_base()
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     width = width_for(args.params)
     params = DEPTH * (width * width + width)
-    base = tempfile.mkdtemp(prefix="dagger-gpu-tree-", dir=args.dir)
+    base = tempfile.mkdtemp(prefix="dagger-gpu-tree-", dir=_folder(args.dir))
     times: dict[str, list[float]] = {"dagger": [], "loop": [], "restore": [], "torch_load": []}
     try:
         last = files = None
