@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                     result[f"w{w}_first_dagger_s"] = bench.dagger_run(client, base, f"w{w}-first", n, loops)
                     times: dict[str, list[float]] = {"dagger": [], "dask": []}
                     for rep in range(args.repeat):
-                        steps = [("dagger", lambda: bench.dagger_run(client, base, f"w{w}-{rep}", n, loops)),
-                                 ("dask", lambda: bench.dask_run(client, n, loops))]
+                        steps = [("dagger", partial(bench.dagger_run, client, base, f"w{w}-{rep}", n, loops)),
+                                 ("dask", partial(bench.dask_run, client, n, loops))]
                         if rep % 2:
                             steps.reverse()
                         for name, fn in steps:

@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         last = files = None
         for rep in range(args.repeat):
-            steps = [("dagger", lambda: dagger_side(os.path.join(base, f"exp-{rep}"), width, args.device)),
-                     ("loop", lambda: loop_side(os.path.join(base, f"loop-{rep}"), width, args.device))]
+            steps = [("dagger", partial(dagger_side, os.path.join(base, f"exp-{rep}"), width, args.device)),
+                     ("loop", partial(loop_side, os.path.join(base, f"loop-{rep}"), width, args.device))]
             if rep % 2:
                 steps.reverse()
             for name, fn in steps:

@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,9 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     for rep in range(args.repeat):
         for cls in (SelfLoop, StateLoop):
             key = cls.__name__.lower()
-            pairs = [("direct", lambda: direct(cls, args.loops, rep)),
-                     ("plain", lambda: direct(cls, args.loops, rep, plain=True)),
-                     ("dagger", lambda: in_dagger(os.path.join(base, f"{key}-{rep}"), cls, args.loops, rep))]
+            pairs = [("direct", partial(direct, cls, args.loops, rep)),
+                     ("plain", partial(direct, cls, args.loops, rep, plain=True)),
+                     ("dagger", partial(in_dagger, os.path.join(base, f"{key}-{rep}"), cls, args.loops, rep))]
             if rep % 2:
                 pairs.reverse()
             for side, fn in pairs:

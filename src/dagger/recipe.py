@@ -115,7 +115,7 @@ def own_copy(obj: Any) -> Any:
     ``__reduce_ex__``, ``__getstate__``), use ``__slots__`` or shadow an attribute
     with a class descriptor are copied with ``copy.copy``.
     """
-    cls = type(obj)
+    cls: Any = type(obj)
     if (
         getattr(cls, "__copy__", None) is not None
         or cls.__reduce_ex__ is not object.__reduce_ex__
