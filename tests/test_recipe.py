@@ -255,3 +255,21 @@ def test_own_copy_keeps_slots_and_copy_hooks():
     c = own_copy(s)
     assert c is not s and (c.k, c.hidden) == (1, "h")
     assert own_copy(WithCopy(k=2)).copied_by_hook is True
+
+
+def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
+    """What a worker process gets (the recipe travels pickled): the same attributes, not dict-backed."""
+    import pickle
+
+    import cloudpickle
+
+    r = LoopRecipe(i=3, n=4)
+    for back in (pickle.loads(pickle.dumps(r)), cloudpickle.loads(cloudpickle.dumps(r))):
+        assert type(back) is LoopRecipe and vars(LoopRecipe(i=3, n=4)) == {"i": 3, "n": 4, "extra": ["not a property"]}
+    back = pickle.loads(pickle.dumps(r))
+    assert not _dict_backed(back, ["i", "n", "extra"])
+    assert (back.i, back.n, back.extra) == (3, 4, ["not a property"])
+    s = Slotted(k=1)
+    s.hidden = "h"
+    back = pickle.loads(pickle.dumps(s))
+    assert (back.k, back.hidden) == (1, "h")

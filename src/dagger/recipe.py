@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dagger import hashing
 from dagger.errors import DefinitionError, MissingPropertyError, UnhashableError, UnknownPropertyError
+from dagger.state import set_attributes
 
 if TYPE_CHECKING:
     from dagger.promise import ExperimentStatePromise
@@ -58,6 +59,16 @@ class Recipe:
                 "Add the name to PROPERTIES or remove the argument."
             )
         for name, value in properties.items():
+            setattr(self, name, value)
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickling (on a worker) or ``copy.copy``: set attributes one by one (see :func:`own_copy`)."""
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ values), as pickle makes it
+            state, slots = state
+        if state:
+            set_attributes(self, state.items())
+        for name, value in (slots or {}).items():
             setattr(self, name, value)
 
     def run(self, state: Any) -> Any:
