@@ -26,6 +26,7 @@ class Holder(dg.ExperimentState):
 @pytest.fixture
 def saved(tmp_path, monkeypatch):
     monkeypatch.setattr(_fastio, "CHUNK", CHUNK)
+    monkeypatch.setattr(_fastio, "MIN_CHUNK", CHUNK)
     directory = str(tmp_path / "exp")
     exp = dg.Experiment(directory, state_class=Holder)
     exp.spawn_new_tree(name="big")
