@@ -53,7 +53,10 @@ class Holder(dg.ExperimentState):
     NONHASHED_ATTRIBUTES = ["data"]
 
     def initialize_state(self, **kwargs):
-        self.data = _ARRAY
+        # Looked up through the module, not as a global name: cloudpickle saves a __main__ class by
+        # value with the globals its methods name, so `self.data = _ARRAY` would store the 512 MiB
+        # array a second time inside the class (and unpickle it again at every restore).
+        self.data = sys.modules[__name__]._ARRAY
 
 
 def settle(pause: float) -> None:

@@ -471,7 +471,7 @@ same load; it is not part of this page because it needs that second copy.
 
 
 HEAVY_NOTES = """What each change bought (issue 20). This VM has 2 cores shared with other work; during these
-runs the load average was 6-13, so wall times moved 2-10x between repetitions (see each
+runs the load average was 2.7-13, so wall times moved 2-10x between repetitions (see each
 section's `runs`). The figures that hold still under such load are CPU times, used where noted.
 
 - **Pure-Python recipes (item 3).** Cause confirmed: `copy.copy` builds the recipe's copy
@@ -495,24 +495,24 @@ section's `runs`). The figures that hold still under such load are CPU times, us
   restore); that touches how `graph.py` builds slim nodes, outside this change.
 - **Restoring a large state (item 1).** Before: one thread `readinto` 16 MiB chunks into an
   anonymous mapping while a second hashed each finished chunk with single-threaded BLAKE3.
-  Now `min(4, cpus)` threads `preadv` chunks straight into their place in the final
-  buffer, the caller hashes the chunks in order as they land with BLAKE3 on all cores
-  (`max_threads=AUTO`; the binding releases the GIL), and the buffer asks for
-  transparent huge pages (`MADV_HUGEPAGE`). No copy after the read; a corrupted or
-  truncated blob is still refused (tests flip a byte in the first, a middle and the last
-  chunk). In one process, old and new reader interleaved (6 repetitions, load 6.7):
-  old 0.693 s, new 0.725 s, new without hashing 0.539 s, `np.load` 2.644 s (medians): on 2
-  busy cores the parallel reader cannot show its gain, which is for many-core machines
-  where one core's BLAKE3 (about 4.4 GB/s) and one reading thread set the pace. Why
-  `np.load` is the slow side here: it reads into fresh `malloc` memory in 4 KiB pages,
-  and on this VM each first touch of such a page is expensive (a single `readinto` of
-  the file into `np.empty`: 2.25 s; into the huge-page mapping: 0.25-0.5 s). The suite's
-  run below, at a load average of 11.8: restore / `np.load` 1.38 (wall), 1.27 (CPU time of the
-  process: restore hashes every byte, which `np.load` does not, and on 2 saturated cores that
-  work cannot hide). Missed here by 0.23 above 1.15; its CPU cost did not change (old reader
-  0.356 s, new 0.354-0.363 s, 2 or 1 readers, with or without huge pages), and its wall time
-  swapped sides between two interleaved runs 10 minutes apart (old 0.58 / new 0.80 s, then
-  old 1.05 / new 0.66 s). To be measured on an idle many-core machine.
+  Now `min(4, cpus)` threads `preadv` chunks (up to 64 MiB, about 8 per blob) straight
+  into their place in the final buffer, the caller hashes the chunks in order as they land
+  with BLAKE3 on all cores (`max_threads=AUTO`; the binding releases the GIL), and the
+  buffer asks for transparent huge pages (`MADV_HUGEPAGE`). No copy after the read; a
+  corrupted or truncated blob is still refused (tests flip a byte in the first, a middle
+  and the last chunk). The reader alone, old and new interleaved in one process (medians
+  of 5, load 2.8): old 0.401 s, new with 16 MiB chunks 0.371 s, with 64 MiB chunks 0.259 s
+  (`np.load` 0.29-1.45 s in the same minutes). The benchmark itself first stored the array
+  twice: its `__main__` state class named the module global that held the array, and
+  cloudpickle saves a `__main__` class by value with the globals its methods name, so every
+  restore unpickled 512 MiB more (1.0 s of CPU instead of 0.39 s); the script now reaches
+  the array through its module (a trap users can fall into the same way). The suite's run
+  below (load 3.9): restore 0.514 s against `np.load` 0.246 s, 2.11x: **missed**. In CPU
+  time 0.386 against 0.139 s: the restore hashes every byte (BLAKE3, about 0.15 s of CPU
+  for 512 MiB here) and its threads add page faults and hand-offs; on 2 cores shared with
+  other work that extra CPU cannot hide behind the read. Left to try: one BLAKE3 thread per
+  chunk beside the readers rather than all cores (here they compete), and a measurement on
+  an idle many-core machine, where the hash at all cores' speed should hide behind the read.
 - **Clusters (item 4).** Client side, 16 trivial states on 2 workers (cProfile): 70% of
   the run waited in `future.result()` called once per state, each a blocking round trip
   to the client's event loop. Records are now gathered by the event loop as tasks finish
@@ -522,8 +522,8 @@ section's `runs`). The figures that hold still under such load are CPU times, us
   2 workers) shows no import penalty above the noise. Parent loads: each child reads its
   parent's pickle from the store on its worker (not sent through Dask), milliseconds for
   small states. The scaling curve (1 and 2 workers, 4 recipes of 0.25 s per worker):
-  1 worker 1.10, 2 workers 0.91 (dagger / plain Dask, medians of 5, load 13 at the end): the 1.1 target
-  is missed by 0.003 at 1 worker, within this machine's noise. Run `benchmarks/cluster_scaling.py --workers 1,2,4,8,16` on a big machine.
+  1 worker 0.99, 2 workers 1.00 (dagger / plain Dask, medians of 5, load 2.7; an
+  earlier run at load 13 gave 1.10 and 0.91). Run `benchmarks/cluster_scaling.py --workers 1,2,4,8,16` on a big machine.
 - **GPU tree (item 2).** Not measured: no GPU lent. `benchmarks/gpu_tree.py` prints
   "skipped: no CUDA" here; with `--device cpu --params 1e6` the same code ran: 6 states,
   dagger / loop 0.81, restore 7.0 ms against `torch.load` 10.6 ms, CPU restore bit-identical,
