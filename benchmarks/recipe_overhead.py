@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["target_ratio"] = 1.03
     result["meets_target"] = result["worst_run_ratio"] <= 1.03
     result["runs"] = {k: [round(x, 4) for x in v] for k, v in runs.items()}
+    shutil.rmtree(base, ignore_errors=True)
     emit(result)
     return result
 
