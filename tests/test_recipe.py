@@ -183,3 +183,93 @@ def test_unhashable_version_is_reported(exp_dir, monkeypatch):
     monkeypatch.setattr(Versioned, "VERSION", object())
     with pytest.raises(dg.UnhashableError, match="builtins.object"):
         Versioned(k=1)(root)
+
+
+# ---- the copy each application gets (issue 20 item 3) ------------------------------------
+
+import gc  # noqa: E402
+
+from dagger.recipe import own_copy  # noqa: E402
+
+
+def _dict_backed(obj, names):
+    """Whether ``obj`` keeps its attributes in a materialised ``__dict__`` (checked without reading it)."""
+    return any(type(r) is dict and set(names) <= set(r) for r in gc.get_referents(obj))
+
+
+class LoopRecipe(dg.Recipe):
+    PROPERTIES = ["i", "n"]
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.extra = ["not a property"]
+
+    def run(self, state):
+        seen = _dict_backed(self, ["i", "n", "extra"]), _dict_backed(state, ["model"])
+        state.seen = seen
+        return state
+
+
+def test_each_application_gets_an_independent_copy_with_every_attribute(exp_dir):
+    exp, root = _tree(exp_dir)
+    recipe = LoopRecipe(i=1, n=2)
+    a = recipe(root)
+    recipe.i = 5
+    b = recipe(root)
+    assert a.recipe is not recipe and b.recipe is not recipe and a.recipe is not b.recipe
+    assert type(a.recipe) is LoopRecipe
+    assert (a.recipe.i, a.recipe.n, b.recipe.i) == (1, 2, 5)
+    # Same attributes, same order, same (shared: shallow copy) values.
+    assert list(vars(a.recipe)) == ["i", "n", "extra"] and a.recipe.extra is recipe.extra
+    a.recipe.n = 99
+    a.recipe.new = "x"
+    assert recipe.n == 2 and b.recipe.n == 2 and not hasattr(recipe, "new") and not hasattr(b.recipe, "new")
+
+
+def test_recipe_and_state_in_a_run_keep_attributes_out_of_a_dict(exp_dir):
+    """copy.copy's __dict__.update left a dict-backed object, which CPython 3.11 reads ~1.5x slower."""
+    exp, root = _tree(exp_dir)
+    child = LoopRecipe(i=1, n=2)(root)
+    exp.run(progress=False)
+    state = exp.graph.node(child.sha()).restore()
+    assert state.seen == (False, False)
+
+
+class Slotted(dg.Recipe):
+    __slots__ = ("hidden",)
+    PROPERTIES = ["k"]
+
+
+class WithCopy(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def __copy__(self):
+        new = WithCopy(k=self.k)
+        new.copied_by_hook = True
+        return new
+
+
+def test_own_copy_keeps_slots_and_copy_hooks():
+    s = Slotted(k=1)
+    s.hidden = "h"
+    c = own_copy(s)
+    assert c is not s and (c.k, c.hidden) == (1, "h")
+    assert own_copy(WithCopy(k=2)).copied_by_hook is True
+
+
+def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
+    """What a worker process gets (the recipe travels pickled): the same attributes, not dict-backed."""
+    import pickle
+
+    import cloudpickle
+
+    r = LoopRecipe(i=3, n=4)
+    for back in (pickle.loads(pickle.dumps(r)), cloudpickle.loads(cloudpickle.dumps(r))):
+        assert type(back) is LoopRecipe and vars(LoopRecipe(i=3, n=4)) == {"i": 3, "n": 4, "extra": ["not a property"]}
+    back = pickle.loads(pickle.dumps(r))
+    assert not _dict_backed(back, ["i", "n", "extra"])
+    assert (back.i, back.n, back.extra) == (3, 4, ["not a property"])
+    s = Slotted(k=1)
+    s.hidden = "h"
+    back = pickle.loads(pickle.dumps(s))
+    assert (back.k, back.hidden) == (1, "h")

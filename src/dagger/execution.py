@@ -24,7 +24,7 @@ from typing import Any
 
 from dagger.errors import DefinitionError, RecipeReturnError, ResultNotStorableError
 from dagger.recipe import seeds_global_rngs
-from dagger.state import ExperimentState
+from dagger.state import ExperimentState, set_attributes
 from dagger.store import open_store, pickling, signing
 from dagger.store._local import current_pid
 from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
@@ -392,9 +392,8 @@ def _already_committed(records: Records, sha: str) -> tuple[dict[str, Any] | Non
 
 
 def _attach(state: ExperimentState, sha: str, meta: dict[str, Any]) -> None:
-    state.__dict__["_dg_sha"] = sha
-    state.__dict__["_dg_meta"] = meta
-    state.__dict__["_dg_loaded"] = True
+    # Not through state.__dict__: that would slow every attribute the recipe reads (see set_attributes).
+    set_attributes(state, (("_dg_sha", sha), ("_dg_meta", meta), ("_dg_loaded", True)))
 
 
 def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentState:
@@ -404,7 +403,7 @@ def _compute(runtime: Runtime, records: Records, spec: TaskSpec) -> ExperimentSt
         state = cls.__new__(cls)
         if cls.__init__ is not ExperimentState.__init__:  # a user's own __init__ (reference style)
             cls.__init__(state, parent_sha=None, experiment_object=None)
-        state.__dict__.update(spec.properties)
+        set_attributes(state, spec.properties.items())
         _attach(state, spec.sha, spec.meta)
         with _RANDOM_GUARD.seeded() if runtime.seed else nullcontext():
             if runtime.seed:

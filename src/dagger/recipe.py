@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import copyreg
 import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dagger import hashing
 from dagger.errors import DefinitionError, MissingPropertyError, UnhashableError, UnknownPropertyError
+from dagger.state import set_attributes
 
 if TYPE_CHECKING:
     from dagger.promise import ExperimentStatePromise
@@ -72,6 +74,16 @@ class Recipe:
         for name, value in properties.items():
             setattr(self, name, value)
 
+    def __setstate__(self, state: Any) -> None:
+        """Unpickling (on a worker) or ``copy.copy``: set attributes one by one (see :func:`own_copy`)."""
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ values), as pickle makes it
+            state, slots = state
+        if state:
+            set_attributes(self, state.items())
+        for name, value in (slots or {}).items():
+            setattr(self, name, value)
+
     def run(self, state: Any) -> Any:
         """Mutate ``state`` (your own copy of the parent) and return it as the child."""
         raise NotImplementedError(f"{type(self).__name__} must define run(self, state) and return the new state")
@@ -109,7 +121,7 @@ class Recipe:
 
         props, sha = self.identity()
         check_storable(props, type(self).__name__)
-        return state._experiment._add_child(state, copy.copy(self), props, sha)
+        return state._experiment._add_child(state, own_copy(self), props, sha)
 
     def __repr__(self) -> str:
         props = ", ".join(f"{p}={getattr(self, p, '?')!r}" for p in self.PROPERTIES)
@@ -130,6 +142,40 @@ def seeds_global_rngs(cls: type[Recipe]) -> bool:
             if "SEED" in vars(klass):
                 return bool(vars(klass)["SEED"])
     return bool(cls.SEED_GLOBAL_RNGS)
+
+
+def own_copy(obj: Any) -> Any:
+    """A shallow copy of ``obj`` (a recipe) whose attributes run as fast as those of an object built normally.
+
+    ``copy.copy`` fills the new object's ``__dict__`` in one ``update``, which
+    leaves a plain dict behind it; CPython (3.11) then looks each attribute up
+    in that dict, without the per-class layout its attribute caches use for
+    objects whose attributes were set one by one (a ``run`` looping over
+    ``self.i`` ran 1.5-2.8x slower). Here the copy is made empty with
+    ``cls.__new__`` and its attributes are set one by one, in the original's
+    order. Each application of a recipe still gets its own object, so mutating
+    one never affects another. Objects that customise copying (``__copy__``,
+    ``__reduce_ex__``, ``__getstate__``), use ``__slots__`` or shadow an attribute
+    with a class descriptor are copied with ``copy.copy``.
+    """
+    cls: Any = type(obj)
+    if (
+        getattr(cls, "__copy__", None) is not None
+        or cls.__reduce_ex__ is not object.__reduce_ex__
+        or cls.__reduce__ is not object.__reduce__
+        or getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__  # type: ignore[attr-defined]
+        or copyreg._slotnames(cls)  # type: ignore[attr-defined]
+    ):
+        return copy.copy(obj)
+    attrs = obj.__dict__
+    for name in attrs:
+        if hasattr(getattr(cls, name, None), "__set__"):  # a class descriptor (property) of the same name
+            return copy.copy(obj)
+    new = cls.__new__(cls)
+    setattr_ = object.__setattr__
+    for name, value in attrs.items():
+        setattr_(new, name, value)
+    return new
 
 
 class Function:

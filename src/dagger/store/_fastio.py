@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import queue
 import threading
 from collections import OrderedDict
 from typing import Any, TypeGuard
@@ -33,8 +32,12 @@ from dagger.store.base import Store, check_key
 
 #: Blobs at least this large take the overlapped path.
 OVERLAP_MIN = 4 * 1024 * 1024
-#: Read in chunks of this size, each hashed while the next is read.
-CHUNK = 16 * 1024 * 1024
+#: Read in chunks of at most this size, each hashed while the next are read. Large chunks keep
+#: BLAKE3's threads busy and the readers' system calls few: a 512 MiB blob on 2 cores restored in
+#: 0.26 s with 64 MiB chunks against 0.37 s with 16 MiB ones (medians of 5, interleaved).
+CHUNK = 64 * 1024 * 1024
+#: ... and at least this size: a blob is cut into about 8 chunks, so hashing starts early.
+MIN_CHUNK = 4 * 1024 * 1024
 
 _SAMPLES = 16
 _SAMPLE = 4096
@@ -128,42 +131,122 @@ def put_blob(store: LocalStore, view: memoryview, key_of: Any, algorithm: str) -
     return name, there
 
 
+#: Threads that read a large blob's chunks at once (each into its own part of the final buffer).
+READERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _verify_hasher(algorithm: str) -> digest.Hasher:
+    """A hasher for verifying a blob; BLAKE3's hashes each chunk on all cores (it releases the GIL)."""
+    h = digest.hasher(algorithm)
+    if algorithm == "blake3":
+        cls: Any = type(h)
+        return cls(max_threads=cls.AUTO)  # type: ignore[no-any-return]
+    return h
+
+
+def _new_buffer(size: int) -> memoryview:
+    """Anonymous memory for a blob of ``size`` bytes, asked for in huge pages where the kernel offers them.
+
+    Reading into it faults every page in; with 2 MiB pages (transparent huge
+    pages in ``madvise`` mode, the common default) that is 512 faults per GiB
+    instead of 262,144. Nothing is zero-filled ahead of the read.
+    """
+    mm = mmap.mmap(-1, size)
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advise is not None:
+        try:
+            mm.madvise(advise)
+        except OSError:
+            pass
+    return memoryview(mm)
+
+
 def get_blob(store: LocalStore, key: str, algorithm: str | None) -> tuple[memoryview, str | None]:
     """Read the blob at ``key`` into a writable buffer, and its ``algorithm`` hash (hashed while reading; None: skip).
 
-    The buffer is anonymous memory that the kernel maps in as the file is read
-    into it (no separate zero-filling pass), so that work overlaps the hashing too.
+    The blob is read straight into its final buffer (no copy after the read),
+    in chunks of :data:`CHUNK`: :data:`READERS` threads each ``preadv`` the next
+    unread chunk into its place, while this thread hashes the chunks in order
+    as each one lands (BLAKE3 on all cores). Reading, hashing and placement
+    overlap, and each is parallel where the machine has the cores; the result
+    is the same hash as one pass over the file.
     """
-    with open(_path(store, key), "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        view = memoryview(mmap.mmap(-1, size)) if size else memoryview(bytearray())
-        h = digest.hasher(algorithm) if algorithm else None
-        chunks: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-
-        def hash_chunks() -> None:
-            while True:
-                chunk = chunks.get()
-                if chunk is None:
-                    return
-                h.update(chunk)  # type: ignore[union-attr]
-
-        thread = threading.Thread(target=hash_chunks, name="dagger-blob-verify", daemon=True) if h else None
-        if thread is not None:
-            thread.start()
-        done = 0
-        try:
-            while done < size:
-                n = f.readinto(view[done : done + CHUNK])
-                if not n:
-                    raise OSError(f"{_path(store, key)} shrank while being read")
-                if thread is not None:
-                    chunks.put(view[done : done + n])
-                done += n
-        finally:
-            if thread is not None:
-                chunks.put(None)
-                thread.join()
+    path = _path(store, key)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return memoryview(bytearray()), (digest.hexdigest(algorithm, b"") if algorithm else None)
+        view = _new_buffer(size)
+        h = _verify_hasher(algorithm) if algorithm else None
+        if not hasattr(os, "preadv"):  # pragma: no cover - Linux and the BSDs have it
+            _read_serially(fd, view, path, h)
+        else:
+            _read_parallel(fd, view, path, h)
+    finally:
+        os.close(fd)
     name = h.hexdigest() if h is not None else None
     if name is not None:
         _remember(_fingerprint(view), name)
     return view, name
+
+
+def _read_parallel(fd: int, view: memoryview, path: str, h: digest.Hasher | None) -> None:
+    size = view.nbytes
+    chunk = min(CHUNK, max(MIN_CHUNK, size // 8))
+    n_chunks = -(-size // chunk)
+    landed = [threading.Event() for _ in range(n_chunks)]
+    errors: list[BaseException] = []
+    claim = iter(range(n_chunks)).__next__  # one C call: two threads never get the same chunk
+    stop = threading.Event()
+
+    def read_chunks() -> None:
+        while not stop.is_set():
+            try:
+                i = claim()
+            except StopIteration:
+                return
+            pos, end = i * chunk, min(size, (i + 1) * chunk)
+            try:
+                while pos < end:
+                    n = os.preadv(fd, [view[pos:end]], pos)
+                    if not n:
+                        raise OSError(f"{path} shrank while being read")
+                    pos += n
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the hashing thread
+                errors.append(exc)
+                stop.set()
+            finally:
+                landed[i].set()
+
+    threads = [
+        threading.Thread(target=read_chunks, name="dagger-blob-read", daemon=True)
+        for _ in range(min(READERS, n_chunks))
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(n_chunks):
+            landed[i].wait()
+            if errors:
+                break
+            if h is not None:
+                h.update(view[i * chunk : min(size, (i + 1) * chunk)])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+def _read_serially(fd: int, view: memoryview, path: str, h: digest.Hasher | None) -> None:
+    size, done = view.nbytes, 0
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while done < size:
+            n = f.readinto(view[done : done + CHUNK])
+            if not n:
+                raise OSError(f"{path} shrank while being read")
+            if h is not None:
+                h.update(view[done : done + n])
+            done += n
