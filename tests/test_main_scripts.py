@@ -157,3 +157,51 @@ def test_four_copies_of_a_script_run_at_once(script, tmp_path):
     for factor in (1.0, 2.0, 3.0, 4.0, 5.0, 7.0):
         assert totals[f"factor:{factor}"] == base * factor
     assert len(dg.Experiment.restore(directory).graph) == 1 + 2 * 6
+
+
+GLOBALS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    import dagger as dg
+
+    TABLE = np.arange(1_000_000, dtype=np.float64)  # 8 MB, loaded at the top of the script
+
+
+    class State(dg.ExperimentState):
+        PROPERTIES = ["seed"]
+
+        def initialize_state(self, **kwargs):
+            self.offset = float(TABLE[self.seed])
+
+
+    class Step(dg.Recipe):
+        PROPERTIES = ["k"]
+
+        def run(self, state):
+            state.offset += TABLE[self.k]
+            return state
+
+
+    exp = dg.Experiment(sys.argv[1], state_class=State)
+    s = exp.spawn_new_tree(seed=1)
+    for k in range(12):
+        s = Step(k=k)(s)
+    exp.run()
+    print(exp.graph.leaves()[0].restore().offset)
+    """
+)
+
+
+def test_a_large_global_of_a_main_class_is_stored_once(tmp_path):
+    """A ``__main__`` class travels with the globals its methods name; 13 states store them once."""
+    script = tmp_path / "tabled.py"
+    script.write_text(GLOBALS_SCRIPT)
+    directory = tmp_path / "runs"
+    assert _ok(_run(str(script), str(directory))).strip() == str(float(1 + sum(range(12))))
+    stored = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    assert stored < 2 * 8_000_000, f"{stored} bytes stored for 13 states sharing one 8 MB global"
+    # A second run of the script (another process, another copy of the class) still restores.
+    assert _ok(_run(str(script), str(directory))).strip() == str(float(1 + sum(range(12))))

@@ -91,7 +91,7 @@ def prefer_main_class(cls: type) -> None:
         _KNOWN_MAIN[cls.__qualname__] = cls
 
 
-def _main_class(qualname: str, payload: bytes) -> type:
+def _main_class(qualname: str, payload: Any) -> type:
     """The live ``__main__`` class named ``qualname``, else the stored copy of it."""
     obj: Any = sys.modules.get("__main__")
     for part in qualname.split("."):
@@ -162,16 +162,26 @@ class _StatePickler(cloudpickle.Pickler):
                 return NotImplemented
             payload = _MAIN_PAYLOADS.get(obj) if cls is not types.FunctionType else None
             if payload is not None:
-                return (_main_class, (obj.__qualname__, payload))
+                return self._main_reduce(obj, payload)
             reduced = super().reducer_override(obj)
             if reduced is NotImplemented:
                 if len(_BY_REFERENCE) < 10_000:
                     _BY_REFERENCE.add(obj)
             elif cls is not types.FunctionType and getattr(obj, "__module__", None) == "__main__":
                 payload = _MAIN_PAYLOADS[obj] = cloudpickle.dumps(obj, protocol=5)
-                return (_main_class, (obj.__qualname__, payload))
+                return self._main_reduce(obj, payload)
             return reduced
         return NotImplemented  # what cloudpickle answers for every other object
+
+    def _main_reduce(self, obj: type, payload: bytes) -> Any:
+        """A ``__main__`` class: its name, and its by-value pickle as a fallback.
+
+        The by-value pickle holds the module globals its methods name (a data set loaded at
+        the top of the script, say): a large one leaves the state's pickle as a blob, stored
+        once for all the states that share it rather than inside each of them.
+        """
+        data: Any = payload if len(payload) < self._threshold else pickle.PickleBuffer(payload)
+        return (_main_class, (obj.__qualname__, data))
 
     def _reduce_storage(self, obj: Any) -> Any:
         torch = self._torch
