@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import dagger as dg
 from dagger import cli
+from dagger.cli.draw import _branches
 from dagger.store.records import FIRST_REV, encode_json, meta_key, state_key
 
 runner = CliRunner()
@@ -350,7 +351,7 @@ def test_plot_draws_one_line_per_branch(curve, tmp_path):
     height, width = matplotlib.image.imread(str(out)).shape[:2]
     assert width > 400 and height > 300
     graph = graph_of(curve)
-    lines = cli._branches(graph, "sparsity", "accuracy")
+    lines = _branches(graph, "sparsity", "accuracy")
     # int(6 * 0.2) = 1, then int(6 * 0.5) = 3, or int(6 * 0.8) = 4 of the 6 weights are zeroed.
     assert [(label, xs) for label, xs, _ in lines] == [
         ("lr:0.01", [0.0, 1 / 6, 0.5]),
@@ -359,11 +360,11 @@ def test_plot_draws_one_line_per_branch(curve, tmp_path):
     ]
     assert all(0.0 <= y <= 1.0 for _, _, ys in lines for y in ys)
     assert lines[2][2][0] == lines[1][2][1]  # the fork point is the same state on both lines
-    with_root = cli._branches(graph, "sparsity", "accuracy", include_root=True)
+    with_root = _branches(graph, "sparsity", "accuracy", include_root=True)
     assert [xs[:2] for _, xs, _ in with_root[:2]] == [[1.0, 0.0], [1.0, 0.0]]
-    only_alt = cli._branches(graph, "sparsity", "accuracy", patterns=["alt"])
+    only_alt = _branches(graph, "sparsity", "accuracy", patterns=["alt"])
     assert [(label, xs) for label, xs, _ in only_alt] == [("lr:0.1, alt", [4 / 6])]
-    by_lr = cli._branches(graph, "lr", "accuracy")  # a recipe property found by its short name
+    by_lr = _branches(graph, "lr", "accuracy")  # a recipe property found by its short name
     assert sorted(xs[0] for _, xs, _ in by_lr) == [0.01, 0.1, 0.1]
     flags = invoke("plot", curve, "--x", "sparsity", "--y", "accuracy", "-o", out, "--root", "--tag", "lr:0.1")
     assert flags.exit_code == 0 and "2 branches" in flags.stderr

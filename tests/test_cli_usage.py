@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,32 @@ def test_help_still_works(listing):
     result = dagger("show", "--help")
     assert result.returncode == 0 and "DIR" in result.stdout
     assert "--storage-option" in dagger("--help").stdout
+
+
+def test_help_lists_the_commands_of_every_family_in_order():
+    """`dagger` is a package of one module per family; `dagger --help` lists their commands family by family."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "dagger.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), COLUMNS="200"),
+    )
+    assert shown.returncode == 0, shown.stderr
+    names = re.findall(r"^│ ([a-z]+)\s{2,}\S", shown.stdout, flags=re.MULTILINE)
+    families = {
+        "browse": ["show", "ls", "inspect"],
+        "compare": ["diff", "results"],
+        "draw": ["draw", "plot"],
+        "ui": ["ui"],
+        "maintain": ["gc", "verify", "reproduce"],
+    }
+    assert names == [name for commands in families.values() for name in commands]
+    from dagger import cli
+
+    for family, commands in families.items():
+        module = getattr(cli, family)
+        assert module.__name__ == f"dagger.cli.{family}"
+        assert all(callable(getattr(module, "ls_" if name == "ls" else name)) for name in commands)
 
 
 def test_storage_option_reaches_an_s3_endpoint(s3_location):

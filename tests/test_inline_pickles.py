@@ -476,7 +476,7 @@ def test_a_rerun_whose_functions_give_the_same_results_writes_nothing(exp_dir):
 
 
 def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried(exp_dir):
-    from dagger.cli import _stored_files
+    from dagger.cli.browse import _stored_files
 
     exp = dg.Experiment(exp_dir, state_class=Small)
     root = exp.spawn_new_tree(name="t")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import dagger as dg
-from dagger.cli import _branches
+from dagger.cli.draw import _branches
 
 pytestmark = pytest.mark.slow
 

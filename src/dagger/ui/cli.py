@@ -1,4 +1,4 @@
-"""The body of ``dagger ui`` (the command itself is declared in :mod:`dagger.cli`)."""
+"""The body of ``dagger ui`` (the command itself is declared in :mod:`dagger.cli.ui`)."""
 
 from __future__ import annotations
 

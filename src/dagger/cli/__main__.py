@@ -1,0 +1,5 @@
+"""``python -m dagger.cli``: the ``dagger`` command."""
+
+from dagger.cli import main
+
+main()
