@@ -257,6 +257,25 @@ def test_own_copy_keeps_slots_and_copy_hooks():
     assert own_copy(WithCopy(k=2)).copied_by_hook is True
 
 
+class WithProperty(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    @property
+    def label(self):
+        return self.__dict__.get("label", "none")
+
+    @label.setter
+    def label(self, value):
+        raise AssertionError("a copy never sets attributes through the class's descriptors")
+
+
+def test_own_copy_puts_a_name_shadowed_by_a_descriptor_into_the_dict():
+    r = WithProperty(k=1)
+    r.__dict__["label"] = "kept"
+    c = own_copy(r)
+    assert c is not r and c.k == 1 and c.label == "kept" and c.__dict__["label"] == "kept"
+
+
 def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
     """What a worker process gets (the recipe travels pickled): the same attributes, not dict-backed."""
     import pickle
@@ -265,7 +284,7 @@ def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
 
     r = LoopRecipe(i=3, n=4)
     for back in (pickle.loads(pickle.dumps(r)), cloudpickle.loads(cloudpickle.dumps(r))):
-        assert type(back) is LoopRecipe and vars(LoopRecipe(i=3, n=4)) == {"i": 3, "n": 4, "extra": ["not a property"]}
+        assert type(back) is LoopRecipe and vars(back) == {"i": 3, "n": 4, "extra": ["not a property"]}
     back = pickle.loads(pickle.dumps(r))
     assert not _dict_backed(back, ["i", "n", "extra"])
     assert (back.i, back.n, back.extra) == (3, 4, ["not a property"])
