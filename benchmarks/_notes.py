@@ -227,7 +227,7 @@ section's `runs`). The figures that hold still under such load are CPU times, us
   over `self.i` took 1.56x its direct call in CPU time (this script on the code before, medians of 5; 2.82x in wall time in a first, noisier run). Changed:
   each application's recipe is copied by `dagger.recipe.own_copy` (`cls.__new__`, then the
   attributes set one by one in the original's order; `copy.copy` still for classes with
-  `__copy__`, `__reduce__`/`__getstate__`, `__slots__` or a descriptor of the same name); the
+  `__copy__`, `__reduce__`/`__getstate__` or `__slots__`; a descriptor's name goes into `__dict__`); the
   parent's unpickled copy (`ExperimentState.__setstate__`) and the run's bookkeeping
   (`_dg_sha`, `_dg_meta`, `_dg_loaded`) are set the same way and read without
   `state.__dict__`. After: the loop inside `exp.run()` / the same loop called directly,
