@@ -235,6 +235,22 @@ def test_recipe_and_state_in_a_run_keep_attributes_out_of_a_dict(exp_dir):
     assert state.seen == (False, False)
 
 
+class AsksForItsTree(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def run(self, state):
+        asked = (state.experiment_object, state.root)  # None inside a run: the state is not browsed
+        state.seen = (asked, _dict_backed(state, ["model"]))
+        return state
+
+
+def test_asking_a_state_in_a_run_for_its_tree_keeps_it_out_of_a_dict(exp_dir):
+    exp, root = _tree(exp_dir)
+    child = AsksForItsTree(k=1)(root)
+    exp.run(progress=False)
+    assert exp.graph.node(child.sha()).restore().seen == ((None, None), False)
+
+
 class Slotted(dg.Recipe):
     __slots__ = ("hidden",)
     PROPERTIES = ["k"]
