@@ -137,8 +137,9 @@ class NodeSet(Sequence[ExperimentState]):
         broken: list[str] = []
         for n in self._nodes:
             tree = n.__dict__.get("_dg_tree")
-            if isinstance(tree, StaticExperimentTree) and n.sha() in tree.problems():
-                broken.append(f"{n.sha()[:12]} ({tree.problems()[n.sha()]})")
+            why = tree.problems().get(n.sha()) if isinstance(tree, StaticExperimentTree) else None
+            if why is not None:
+                broken.append(f"{n.sha()[:12]} ({why})")
                 continue
             rows.append(state_row(n))
         if broken:
