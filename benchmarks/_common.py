@@ -77,6 +77,13 @@ def bench_base() -> str:
     )
 
 
+def bench_folder(chosen: str | None) -> str:
+    """Where to write: ``--dir``, else the benchmark session's folder (:func:`bench_base`); made if missing."""
+    folder = chosen or bench_base()
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def scratch(prefix: str = "dagger-bench-") -> Iterator[str]:
     """A temporary folder for one measurement (see :func:`bench_base`), removed later (see above).

@@ -36,7 +36,7 @@ from functools import partial
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import bench_base, emit, repeat_env  # noqa: E402
+from _common import bench_folder, emit, repeat_env  # noqa: E402
 
 import dagger as dg  # noqa: E402
 
@@ -125,13 +125,6 @@ def dask_run(client, n: int, loops: int) -> float:
     return took
 
 
-def _folder(chosen: str | None) -> str:
-    """Where to write: ``--dir``, else the benchmark session's folder (see ``_common.bench_base``)."""
-    folder = chosen or bench_base()
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts, e.g. 1,2,4,8,16")
@@ -145,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
     loops = calibrate(args.seconds)
-    base = tempfile.mkdtemp(prefix="dagger-cluster-", dir=_folder(args.dir))
+    base = tempfile.mkdtemp(prefix="dagger-cluster-", dir=bench_folder(args.dir))
     result: dict = {"workload": "cluster_scaling", "workers": counts, "per_worker": args.per_worker,
                     "recipe_seconds": args.seconds, "repeat": args.repeat, "cpus": os.cpu_count()}
     ratios = []

@@ -46,7 +46,7 @@ from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench_base, emit, repeat_env  # noqa: E402
+from _common import bench_folder, emit, repeat_env  # noqa: E402
 
 import dagger as dg  # noqa: E402
 
@@ -188,13 +188,6 @@ def blob_list(exp, sha: str) -> list[tuple[str, int]]:
     return [tuple(b) for b in json.loads(raw.split(b"\n", 1)[0]).get("blobs", [])]
 
 
-def _folder(chosen: str | None) -> str:
-    """Where to write: ``--dir``, else the benchmark session's folder (see ``_common.bench_base``)."""
-    folder = chosen or bench_base()
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -214,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     width = width_for(args.params)
     params = DEPTH * (width * width + width)
-    base = tempfile.mkdtemp(prefix="dagger-gpu-tree-", dir=_folder(args.dir))
+    base = tempfile.mkdtemp(prefix="dagger-gpu-tree-", dir=bench_folder(args.dir))
     times: dict[str, list[float]] = {"dagger": [], "loop": [], "restore": [], "torch_load": []}
     try:
         last = files = None

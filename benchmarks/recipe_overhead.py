@@ -42,7 +42,7 @@ from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench_base, emit, repeat_env  # noqa: E402
+from _common import bench_folder, emit, repeat_env  # noqa: E402
 
 import dagger as dg  # noqa: E402
 
@@ -113,20 +113,13 @@ def in_dagger(folder: str, recipe_cls: type, n: int, rep: int) -> tuple[float, f
     return elapsed, cpu, state.loop_s
 
 
-def _folder(chosen: str | None) -> str:
-    """Where to write: ``--dir``, else the benchmark session's folder (see ``_common.bench_base``)."""
-    folder = chosen or bench_base()
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loops", type=int, default=20_000_000)
     parser.add_argument("--repeat", type=int, default=repeat_env(7))
     parser.add_argument("--dir", default=None)
     args = parser.parse_args(argv)
-    base = tempfile.mkdtemp(prefix="dagger-recipe-overhead-", dir=_folder(args.dir))
+    base = tempfile.mkdtemp(prefix="dagger-recipe-overhead-", dir=bench_folder(args.dir))
     result: dict = {"workload": "recipe_overhead", "loops": args.loops, "repeat": args.repeat,
                     "python": sys.version.split()[0]}
     runs: dict[str, list[float]] = {}

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench_base, emit, repeat_env  # noqa: E402
+from _common import bench_folder, emit, repeat_env  # noqa: E402
 
 import dagger as dg  # noqa: E402
 
@@ -76,13 +76,6 @@ def time_restore(folder: str, verify: bool) -> tuple[float, float, np.ndarray]:
     return time.perf_counter() - t, time.process_time() - c, state.data
 
 
-def _folder(chosen: str | None) -> str:
-    """Where to write: ``--dir``, else the benchmark session's folder (see ``_common.bench_base``)."""
-    folder = chosen or bench_base()
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def main(argv: list[str] | None = None) -> dict:
     global _ARRAY
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -95,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     nbytes = args.size_mb * 2**20
     rng = np.random.default_rng(0)
     _ARRAY = rng.random(nbytes // 8)  # random bytes: no compression or zero-page luck on either side
-    base = tempfile.mkdtemp(prefix="dagger-restore-large-", dir=_folder(args.dir))
+    base = tempfile.mkdtemp(prefix="dagger-restore-large-", dir=bench_folder(args.dir))
     times: dict[str, list[float]] = {"np_load": [], "restore": [], "np_load_cpu": [], "restore_cpu": []}
     try:
         npy = os.path.join(base, "array.npy")

@@ -128,7 +128,7 @@ class Gated(dg.Recipe):
     """Waits for a ``release`` file (for at most a minute), then adds ``i``."""
 
     PROPERTIES = ["i", "markers"]
-    SEED = False  # seeded recipes take turns on the threads scheduler; these two must run together
+    SEED_GLOBAL_RNGS = False  # seeded recipes take turns on the threads scheduler; these two must run together
 
     def run(self, state):
         with open(os.path.join(self.markers, f"fan-{self.i}"), "w"):

@@ -235,6 +235,22 @@ def test_recipe_and_state_in_a_run_keep_attributes_out_of_a_dict(exp_dir):
     assert state.seen == (False, False)
 
 
+class AsksForItsTree(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    def run(self, state):
+        asked = (state.experiment_object, state.root)  # None inside a run: the state is not browsed
+        state.seen = (asked, _dict_backed(state, ["model"]))
+        return state
+
+
+def test_asking_a_state_in_a_run_for_its_tree_keeps_it_out_of_a_dict(exp_dir):
+    exp, root = _tree(exp_dir)
+    child = AsksForItsTree(k=1)(root)
+    exp.run(progress=False)
+    assert exp.graph.node(child.sha()).restore().seen == ((None, None), False)
+
+
 class Slotted(dg.Recipe):
     __slots__ = ("hidden",)
     PROPERTIES = ["k"]
@@ -257,6 +273,25 @@ def test_own_copy_keeps_slots_and_copy_hooks():
     assert own_copy(WithCopy(k=2)).copied_by_hook is True
 
 
+class WithProperty(dg.Recipe):
+    PROPERTIES = ["k"]
+
+    @property
+    def label(self):
+        return self.__dict__.get("label", "none")
+
+    @label.setter
+    def label(self, value):
+        raise AssertionError("a copy never sets attributes through the class's descriptors")
+
+
+def test_own_copy_puts_a_name_shadowed_by_a_descriptor_into_the_dict():
+    r = WithProperty(k=1)
+    r.__dict__["label"] = "kept"
+    c = own_copy(r)
+    assert c is not r and c.k == 1 and c.label == "kept" and c.__dict__["label"] == "kept"
+
+
 def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
     """What a worker process gets (the recipe travels pickled): the same attributes, not dict-backed."""
     import pickle
@@ -265,7 +300,7 @@ def test_a_pickled_recipe_keeps_every_attribute_out_of_a_dict():
 
     r = LoopRecipe(i=3, n=4)
     for back in (pickle.loads(pickle.dumps(r)), cloudpickle.loads(cloudpickle.dumps(r))):
-        assert type(back) is LoopRecipe and vars(LoopRecipe(i=3, n=4)) == {"i": 3, "n": 4, "extra": ["not a property"]}
+        assert type(back) is LoopRecipe and vars(back) == {"i": 3, "n": 4, "extra": ["not a property"]}
     back = pickle.loads(pickle.dumps(r))
     assert not _dict_backed(back, ["i", "n", "extra"])
     assert (back.i, back.n, back.extra) == (3, 4, ["not a property"])

@@ -41,7 +41,7 @@ class Draw(dg.Recipe):
 
 class UnseededDraw(dg.Recipe):
     PROPERTIES = ["k"]
-    SEED = False
+    SEED_GLOBAL_RNGS = False
 
     def run(self, state):
         return draw_all(state)

@@ -208,7 +208,7 @@ class _GlobalRandomGuard:
     """Keeps code that uses the process's global random generators out of a seeded run's way.
 
     Python's, numpy's and torch's global generators are process-wide. A seeded run (a root's
-    ``initialize_state``, a recipe with ``SEED`` on) holds them alone: it waits for every other
+    ``initialize_state``, a recipe with ``SEED_GLOBAL_RNGS`` on) holds them alone: it waits for every other
     recipe and Function of this process to finish, and they wait for it, or a thread would draw
     from its stream and change its numbers. Unseeded recipes and Functions only shut seeded runs
     out; they run beside each other. Re-entrant, for a run that starts another run in its thread.

@@ -137,8 +137,9 @@ class NodeSet(Sequence[ExperimentState]):
         broken: list[str] = []
         for n in self._nodes:
             tree = n.__dict__.get("_dg_tree")
-            if isinstance(tree, StaticExperimentTree) and n.sha() in tree.problems():
-                broken.append(f"{n.sha()[:12]} ({tree.problems()[n.sha()]})")
+            why = tree.problems().get(n.sha()) if isinstance(tree, StaticExperimentTree) else None
+            if why is not None:
+                broken.append(f"{n.sha()[:12]} ({why})")
                 continue
             rows.append(state_row(n))
         if broken:
@@ -570,13 +571,15 @@ class StaticExperimentTree:
         return f"<StaticExperimentTree {len(self._nodes)} states>"
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
+    """A value as a label shows it (floats to 4 significant digits); also used by :mod:`dagger.drawing`."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def _flat_results(results: dict[str, Any]) -> dict[str, Any]:
+def flat_results(results: dict[str, Any]) -> dict[str, Any]:
+    """Scalar results by name: a Function's dict of results is flattened into its keys."""
     flat: dict[str, Any] = {}
     for fn, value in results.items():
         if isinstance(value, dict):
@@ -595,12 +598,12 @@ def _text_label(node: ExperimentState, result: str | None) -> str:
     props = (meta.get("properties") if recipe is None else recipe.get("properties")) or {}
     parts = [f"{name} {node.sha()[:8]}"]
     if props:
-        parts.append(", ".join(f"{k}={_fmt(v)}" for k, v in props.items()))
+        parts.append(", ".join(f"{k}={fmt_value(v)}" for k, v in props.items()))
     if meta.get("tags"):
         parts.append("[" + ", ".join(meta["tags"]) + "]")
-    results = _flat_results(meta.get("results") or {})
+    results = flat_results(meta.get("results") or {})
     if result is not None:
         results = {k: v for k, v in results.items() if k == result}
     if results:
-        parts.append(" ".join(f"{k}={_fmt(v)}" for k, v in results.items()))
+        parts.append(" ".join(f"{k}={fmt_value(v)}" for k, v in results.items()))
     return "  ".join(parts)

@@ -472,18 +472,11 @@ def _enc_function(h: Any, obj: Any, w: _Walk) -> None:
 def _enc_partial(h: Any, obj: functools.partial[Any], w: _Walk) -> None:
     # A partial is its function (by import path) and the arguments it binds, keywords order-free.
     h.update(b"p")
-    try:
-        w.feed(obj.func)
-    except UnhashableError as exc:
-        raise _at(exc, ".func") from None
-    try:
-        w.feed(tuple(obj.args))
-    except UnhashableError as exc:
-        raise _at(exc, ".args") from None
-    try:
-        w.feed(dict(obj.keywords))
-    except UnhashableError as exc:
-        raise _at(exc, ".keywords") from None
+    for where, part in ((".func", obj.func), (".args", tuple(obj.args)), (".keywords", dict(obj.keywords))):
+        try:
+            w.feed(part)
+        except UnhashableError as exc:
+            raise _at(exc, where) from None
 
 
 @_register(enum.Enum)

@@ -153,10 +153,12 @@ def own_copy(obj: Any) -> Any:
     objects whose attributes were set one by one (a ``run`` looping over
     ``self.i`` ran 1.5-2.8x slower). Here the copy is made empty with
     ``cls.__new__`` and its attributes are set one by one, in the original's
-    order. Each application of a recipe still gets its own object, so mutating
-    one never affects another. Objects that customise copying (``__copy__``,
-    ``__reduce_ex__``, ``__getstate__``), use ``__slots__`` or shadow an attribute
-    with a class descriptor are copied with ``copy.copy``.
+    order, by :func:`~dagger.state.set_attributes` (which puts a name the class
+    defines as a data descriptor into ``__dict__``, as ``copy.copy`` does). Each
+    application of a recipe still gets its own object, so mutating one never
+    affects another. Objects that customise copying (``__copy__``,
+    ``__reduce_ex__``, ``__getstate__``) or use ``__slots__`` are copied with
+    ``copy.copy``.
     """
     cls: Any = type(obj)
     if (
@@ -167,14 +169,8 @@ def own_copy(obj: Any) -> Any:
         or copyreg._slotnames(cls)  # type: ignore[attr-defined]
     ):
         return copy.copy(obj)
-    attrs = obj.__dict__
-    for name in attrs:
-        if hasattr(getattr(cls, name, None), "__set__"):  # a class descriptor (property) of the same name
-            return copy.copy(obj)
     new = cls.__new__(cls)
-    setattr_ = object.__setattr__
-    for name, value in attrs.items():
-        setattr_(new, name, value)
+    set_attributes(new, obj.__dict__.items())
     return new
 
 

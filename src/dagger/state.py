@@ -213,7 +213,7 @@ class ExperimentState:
 
         Each state's ``.recipe`` tells how it was made from the one before.
         """
-        tree = self.__dict__.get("_dg_tree")
+        tree = _own(self, "_dg_tree")
         if tree is not None and self.sha() in tree.problems():  # a cycle or a dangling parent: no root
             raise tree._broken(self.sha())
         path: list[ExperimentState] = []
@@ -235,13 +235,13 @@ class ExperimentState:
         States in ``exp.graph`` know their experiment; a state inside a recipe's ``run``
         (computed in a Dask task, maybe in another process) does not, and gets None.
         """
-        tree = self.__dict__.get("_dg_tree")
+        tree = _own(self, "_dg_tree")
         return None if tree is None else getattr(tree, "experiment", None)
 
     @property
     def root(self) -> ExperimentState | None:
         """The root state of this state's tree (slim), or None outside a tree."""
-        tree = self.__dict__.get("_dg_tree")
+        tree = _own(self, "_dg_tree")
         return None if tree is None else tree.root
 
     @property

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from html import escape
 from typing import TYPE_CHECKING, Any
 
-from dagger.drawing.layout import Layout, NodeSpec, layout
+from dagger.drawing.layout import STATUS_COLOURS, Layout, NodeSpec, layout
 from dagger.drawing.render import to_file, to_svg
+from dagger.graph import flat_results, fmt_value
 
 if TYPE_CHECKING:
     from dagger.state import ExperimentState
@@ -26,26 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["Drawing", "NodeSpec", "Layout", "layout", "node_specs", "draw", "to_dot", "FORMATS"]
 
 FORMATS = ("svg", "png", "pdf")
-
-
-def fmt_value(value: Any) -> str:
-    """A value as a label shows it (floats to 4 significant digits)."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def flat_results(results: dict[str, Any]) -> dict[str, Any]:
-    """Scalar results by name: a Function's dict of results is flattened into its keys."""
-    flat: dict[str, Any] = {}
-    for fn, value in results.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, (int, float, str, bool)):
-                    flat[k] = v
-        elif isinstance(value, (int, float, str, bool)):
-            flat[fn] = value
-    return flat
 
 
 def status_of(meta: dict[str, Any]) -> str:
@@ -196,9 +178,7 @@ def _dot_id(text: str) -> str:
 
 def dot_label(spec: NodeSpec) -> str:
     """A Graphviz HTML-like label for one state, in the look of the built-in drawing."""
-    from html import escape
-
-    fill, border = _colours(spec.status)
+    fill, border = STATUS_COLOURS[spec.status]
     rows = [
         f'<TR><TD ALIGN="LEFT"><B>{escape(spec.title)}</B>  <FONT COLOR="#777777">{escape(spec.short)}</FONT></TD></TR>'
     ]
@@ -213,12 +193,6 @@ def dot_label(spec: NodeSpec) -> str:
         f'<<TABLE BORDER="{width}" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" STYLE="ROUNDED" '
         f'BGCOLOR="{fill}" COLOR="{border}">{"".join(rows)}</TABLE>>'
     )
-
-
-def _colours(status: str) -> tuple[str, str]:
-    from dagger.drawing.layout import STATUS_COLOURS
-
-    return STATUS_COLOURS[status]
 
 
 GRAPH_ATTR = {"rankdir": "TB", "nodesep": "0.3", "ranksep": "0.45"}

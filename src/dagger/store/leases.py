@@ -70,6 +70,11 @@ def _owner(token: str) -> bytes:
     return json.dumps({"host": _HOST, "pid": os.getpid(), "time": time.time(), "token": token}).encode()
 
 
+def _key(prefix: str, token: str) -> str:
+    """The file of one lease or marker: its kind, host, process and token."""
+    return f"{FOLDER}/{prefix}{_HOST.replace('/', '_')}-{os.getpid()}-{token[:12]}.json"
+
+
 def _entries(store: Store, prefix: str) -> list[str]:
     """Keys of the leases (``w-``) or markers (``gc-``) in the store."""
     return [k for k in store.list(FOLDER) if k.rsplit("/", 1)[-1].startswith(prefix) and k.endswith(".json")]
@@ -98,7 +103,7 @@ class WriterLease:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.token = uuid.uuid4().hex
-        self.key = f"{FOLDER}/{WRITER_PREFIX}{_HOST.replace('/', '_')}-{os.getpid()}-{self.token[:12]}.json"
+        self.key = _key(WRITER_PREFIX, self.token)
         self.count = 0
         self.mutex = threading.Lock()
         self._beat: threading.Thread | None = None
@@ -177,7 +182,7 @@ class GcMarker:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.token = uuid.uuid4().hex
-        self.key = f"{FOLDER}/{GC_PREFIX}{_HOST.replace('/', '_')}-{os.getpid()}-{self.token[:12]}.json"
+        self.key = _key(GC_PREFIX, self.token)
         self.written = 0.0
 
     def __enter__(self) -> GcMarker:

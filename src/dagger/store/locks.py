@@ -189,6 +189,7 @@ class _RangeFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = -1
+        self.ro_fd = -1  # see read_only_descriptor
         self.busy: set[int] = set()
         self._threads()
 
@@ -219,7 +220,7 @@ class _RangeFile:
 
         Opened once and never closed, like the other (closing it would drop this process's locks).
         """
-        if getattr(self, "ro_fd", -1) < 0:
+        if self.ro_fd < 0:
             self.ro_fd = os.open(self.path, os.O_RDONLY)
         return self.ro_fd
 

@@ -240,18 +240,6 @@ def _size(store: Store, key: str) -> int:
         return 0
 
 
-def _read_header(records: Records, sha: str) -> dict[str, Any]:
-    """The JSON header of a state's pickle, from its file or its first commit record.
-
-    FileNotFoundError if it is nowhere; CorruptRecordError if unreadable.
-    """
-    key, raw = records.read_pickle(sha)
-    try:
-        return _parse_header(raw)
-    except CorruptRecordError as exc:
-        raise CorruptRecordError(f"{key}: {exc}") from None
-
-
 def _parse_header(raw: bytes) -> dict[str, Any]:
     """The JSON header line of a state pickle's bytes; CorruptRecordError if unreadable."""
     newline = raw.find(b"\n")
@@ -421,7 +409,6 @@ def _sweep(
             if marker is not None:
                 marker.refresh()
             remove(kind, key)
-
 
 
 # ---- gc --------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from dagger.drawing import flat_results, node_specs, status_of
+from dagger.drawing import node_specs, status_of
 from dagger.drawing.layout import layout
 from dagger.errors import NotAnExperimentError
-from dagger.graph import StaticExperimentTree, state_row
+from dagger.graph import StaticExperimentTree, flat_results, state_row
 from dagger.store.records import INDEX_KEY, SlimIndex, paused_gc
 
 #: The page's data format; bumped when the page would misread older data.
