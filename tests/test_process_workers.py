@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent(
 
     @dg.Function
     def norm(state):
-        return {"norm": float(state.model.weight.norm())}
+        return {"norm": state.model.weight.detach().norm().item()}
 
 
     torch.set_num_threads(2)
@@ -80,12 +80,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_processes_after_parent_used_torch_threads(tmp_path):
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_processes_after_parent_used_torch_threads(tmp_path, how):
+    """``script``: a file run as ``python study.py``; ``stdin``: ``__main__`` without a file, as in a notebook."""
     script = tmp_path / "study.py"
     script.write_text(SCRIPT)
+    command = [sys.executable, str(script)] if how == "script" else [sys.executable, "-"]
     # Its own session, so that on a timeout its forked workers are killed with it.
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "runs")],
+        [*command, str(tmp_path / "runs")],
+        stdin=subprocess.PIPE if how == "stdin" else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -93,7 +97,7 @@ def test_processes_after_parent_used_torch_threads(tmp_path):
         start_new_session=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=180)
+        stdout, stderr = proc.communicate(SCRIPT if how == "stdin" else None, timeout=180)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, _ = proc.communicate()

@@ -95,7 +95,10 @@ class _Worker:
         self.from_child, from_child_w = os.pipe()
         code = f"from dagger._workers import serve; serve({to_child_r}, {from_child_w})"
         try:
-            self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w))
+            # stdin closed, as multiprocessing does for its workers; stdout and stderr are the user's.
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code], stdin=subprocess.DEVNULL, pass_fds=(to_child_r, from_child_w)
+            )
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
