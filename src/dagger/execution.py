@@ -567,27 +567,47 @@ def _repr(value: Any, strict: bool) -> str:
     return text
 
 
-def _process_get(num_workers: int | None) -> Any:
-    """dask's multiprocessing scheduler on a ``fork`` pool where the platform has one.
+def _fork_is_safe() -> bool:
+    """Whether a forked worker can use everything this process has loaded.
 
-    With ``spawn``, every worker would re-run the user's script (the paper's
-    listings have no ``if __name__ == "__main__"`` guard); forked workers
-    inherit the classes defined in ``__main__`` instead.
+    torch's intra-op thread pool on Linux is GNU OpenMP's, which does not survive a
+    fork: once this process has run a parallel torch operation, a forked child hangs
+    at its first one. Whether that has happened can't be asked, so any torch set to
+    more than one thread counts. (OpenBLAS, numpy's, re-creates its threads after a fork.)
+    """
+    torch = sys.modules.get("torch")
+    get_num_threads = getattr(torch, "get_num_threads", None)
+    return get_num_threads is None or get_num_threads() <= 1
+
+
+def _process_get(num_workers: int | None) -> Any:
+    """dask's multiprocessing scheduler on a ``fork`` pool where that is safe, else on fresh interpreters.
+
+    Forked workers start in milliseconds and inherit the classes defined in
+    ``__main__``. Where forking is unsafe (:func:`_fork_is_safe`: torch on several
+    threads) or unavailable, workers are plain interpreters running dagger's worker
+    loop (:mod:`dagger._workers`); they never import the user's script, which
+    ``spawn`` and ``forkserver`` would re-run (the paper's listings have no
+    ``if __name__ == "__main__"`` guard), and tasks carry ``__main__``'s classes by value.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from dask.multiprocessing import get as get_processes
 
+    from dagger._workers import FreshInterpreterPool
+
     def get(dsk: Any, keys: Any, **kw: Any) -> Any:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         workers = num_workers or os.cpu_count() or 1
         # One state per dispatch: dask's default batches 6 tasks into one process, so a fan-out
         # of 8 states would run 6 + 2 on two workers instead of 4 + 4.
         kw.setdefault("chunksize", 1)
         kw.setdefault("num_workers", workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        if "fork" in multiprocessing.get_all_start_methods() and _fork_is_safe():
+            pool: Any = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        else:
+            pool = FreshInterpreterPool(workers)
+        with pool:
             return get_processes(dsk, keys, pool=pool, **kw)
 
     return get
