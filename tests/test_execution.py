@@ -14,7 +14,34 @@ from dagger.execution import jsonable, resolve_scheduler
 SCHEDULERS = ["single-threaded", "threads", "processes"]
 
 # Which learning rates make Flaky fail; tests change it between runs ("fixing the cause").
-BROKEN_LRS: set[float] = set()
+# It travels in the environment, so workers started as fresh interpreters (the processes
+# scheduler after torch ran on several threads) see it too, not only forked ones.
+BROKEN_ENV = "DAGGER_TEST_BROKEN_LRS"
+
+
+class BrokenLrs:
+    """The set of failing learning rates, kept in os.environ for every kind of worker."""
+
+    def _get(self) -> set[float]:
+        return {float(x) for x in os.environ.get(BROKEN_ENV, "").split(",") if x}
+
+    def _set(self, lrs: set[float]) -> None:
+        os.environ[BROKEN_ENV] = ",".join(map(repr, sorted(lrs)))
+
+    def __contains__(self, lr: float) -> bool:
+        return lr in self._get()
+
+    def add(self, lr: float) -> None:
+        self._set(self._get() | {lr})
+
+    def update(self, lrs) -> None:
+        self._set(self._get() | set(lrs))
+
+    def clear(self) -> None:
+        os.environ.pop(BROKEN_ENV, None)
+
+
+BROKEN_LRS = BrokenLrs()
 
 
 class Flaky(dg.Recipe):
