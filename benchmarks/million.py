@@ -13,12 +13,15 @@ when it exits):
   per node (``tree8``), tagged ``group:<i % 100>``: define, cold run, fully
   cached rerun, slim restore, tag query, peak memory; plain Dask running the
   same dependency graph of no-op tasks; files and bytes on disk per state.
+- ``segstore``: the same as ``store`` with commit records in segments
+  (``DAGGER_SEGMENTS=1``): bytes of metadata per state are the segments'.
 - ``s3``: S3 requests per state and per run, counted at the client on a local S3
   server (moto), for the current store and for the segment layer's batches.
 
     python benchmarks/million.py                          # segments to 1,000,000; store to 100,000
     python benchmarks/million.py segments 100 1000000     # only the segment layer, these sizes
     python benchmarks/million.py store 100000             # only the current store, these sizes
+    python benchmarks/million.py segstore 100000          # the store with its records in segments
     python benchmarks/million.py s3 500                   # only the S3 request counts, N states
 
 Prints one JSON line.
@@ -175,12 +178,18 @@ def _disk(folder: str) -> tuple[int, int, int]:
     return files, size, allocated
 
 
-def store_part(sizes: tuple[int, ...]) -> dict:
-    out: dict = {"store_sizes": list(sizes), "shape": SHAPE, "tags": TAGS}
+def store_part(sizes: tuple[int, ...], segments: bool = False) -> dict:
+    """The store on ``tree8`` at each size; ``segments``: commit records in segments (DAGGER_SEGMENTS=1)."""
+    name = "segstore" if segments else "store"
+    out: dict = {f"{name}_sizes": list(sizes), "shape": SHAPE, "tags": TAGS}
     with scratch() as probe:
-        out["quiet_disk"] = wait_for_quiet_disk(probe, limit_s=300)
+        out[f"{name}_quiet_disk"] = wait_for_quiet_disk(probe, limit_s=300)
+    if segments:
+        os.environ["DAGGER_SEGMENTS"] = "1"
+    else:
+        os.environ.pop("DAGGER_SEGMENTS", None)
     for n in sizes:
-        p = f"store_{n}_"
+        p = f"{name}_{n}_"
         with scratch() as folder:
             cold, peak = _worker("run", folder, n, tags=TAGS)
             assert cold["computed"] == n, cold
@@ -191,7 +200,7 @@ def store_part(sizes: tuple[int, ...]) -> dict:
             )
             out[p + "run_us_per_state"] = cold["run_s"] / n * 1e6
             files, size, allocated = _disk(folder)
-            meta_files, meta_size, meta_allocated = _disk(os.path.join(folder, "meta"))
+            meta_files, meta_size, meta_allocated = _disk(os.path.join(folder, "segments" if segments else "meta"))
             out[p + "files"], out[p + "bytes_per_state"], out[p + "allocated_bytes_per_state"] = (
                 files,
                 size / n,
@@ -287,6 +296,22 @@ def s3_part(n: int = 500, batch: int = 1000) -> dict:
         out["s3_store_cached_run_requests"] = take()
         dg.Experiment.restore("s3://bench/store", state_class=State, slim=True, storage_options=options)
         out["s3_store_restore_requests"] = take()
+        os.environ["DAGGER_SEGMENTS"] = "1"  # the store with its records in segments (batches)
+        try:
+            exp = dg.Experiment("s3://bench/segstore", state_class=State, storage_options=options)
+            define(exp, SHAPE, n)
+            take()
+            exp.run(progress=False)
+            out["s3_segstore_cold_run_requests"] = take()
+            exp = dg.Experiment("s3://bench/segstore", state_class=State, storage_options=options)
+            define(exp, SHAPE, n)
+            take()
+            exp.run(progress=False)
+            out["s3_segstore_cached_run_requests"] = take()
+            dg.Experiment.restore("s3://bench/segstore", state_class=State, slim=True, storage_options=options)
+            out["s3_segstore_restore_requests"] = take()
+        finally:
+            os.environ.pop("DAGGER_SEGMENTS", None)
         store = FsspecStore("s3://bench/segments", **options)
         with BatchSegmentWriter(store, max_records=batch, max_delay=0) as writer:
             for i in range(n):
@@ -294,7 +319,7 @@ def s3_part(n: int = 500, batch: int = 1000) -> dict:
         out["s3_segments_write_requests"] = take()
         assert len(latest(store)) == n
         out["s3_segments_read_requests"] = take()
-        for key in ("s3_store_cold_run_requests", "s3_segments_write_requests"):
+        for key in ("s3_store_cold_run_requests", "s3_segstore_cold_run_requests", "s3_segments_write_requests"):
             out[key.replace("_requests", "_per_state")] = {m: round(c / n, 3) for m, c in out[key].items()}
         return out
     finally:
@@ -310,6 +335,8 @@ def main(*args: str) -> dict:
         out.update(segments_part(sizes or SEGMENT_SIZES))
     if part in ("all", "store"):
         out.update(store_part(sizes or STORE_SIZES))
+    if part in ("all", "segstore"):
+        out.update(store_part(sizes or STORE_SIZES, segments=True))
     if part in ("all", "s3"):
         try:
             import moto.server  # noqa: F401  (the local S3 server: a test dependency)

@@ -289,65 +289,95 @@ def _scaling_table(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _million_at(result: dict[str, Any], name: str, sizes: list[int]) -> Any:
+    """A formatter of ``<name>_<largest size>_<key>`` values, with the linear 1,000,000 extrapolation marked."""
+    n = max(sizes)
+    p = f"{name}_{n}_"
+    scale = 1_000_000 / n
+
+    def at(key: str, unit: str, linear: bool = True, digits: int = 3) -> str:
+        value = result.get(p + key)
+        if value is None:
+            return ""
+        text = f"{_f(value, digits)} {unit} at {n:,}"
+        return text + (f" ({_f(value * scale, digits)} {unit} at 1,000,000 if linear)" if linear and n < 1_000_000 else "")
+
+    return n, p, at
+
+
+def _million_rows(result: dict[str, Any], name: str, sizes: list[int], meta: str) -> list[tuple[str, str, str]]:
+    n, p, at = _million_at(result, name, sizes)
+    return [
+        ("cold tree run / plain Dask, same graph of no-op tasks", "<= 2 x", f"{_f(result.get(p + 'run_over_dask'))} x at {n:,}"),
+        ("define, 1,000,000 states", "<= 15 s", at("define_s", "s")),
+        ("cold run, 1,000,000 states", "<= 240 s", at("run_s", "s")),
+        ("fully cached rerun (run; define apart), 1,000,000", "<= 20 s", at("cached_run_s", "s") + "; define " + at("cached_define_s", "s", False)),
+        ("slim restore, 1,000,000", "<= 3 s", at("restore_s", "s")),
+        ("tag query (one tag; first query)", "<= 100 ms", f"{_f(result.get(p + 'tag_one_s', 0) * 1e3)} ms; {_f(result.get(p + 'tag_first_s', 0) * 1e3)} ms at {n:,}"),
+        ("peak memory, cold run (200,000: <= 600 MiB)", "<= 2 GiB at 1,000,000", at("run_peak_mb", "MiB")),
+        ("metadata on disk per trivial state", "<= 400 B", meta),
+    ]
+
+
+def _million_curve(result: dict[str, Any], name: str, sizes: list[int], title: str) -> list[str]:
+    out = ["", title, ""]
+    out.append("| states | " + " | ".join(f"{k:,}" for k in sizes) + " |")
+    out.append("|---|" + "---|" * len(sizes))
+    for label, key, factor in (
+        ("define, s", "define_s", 1),
+        ("cold run, us/state", "run_us_per_state", 1),
+        ("plain Dask, us/task", "dask_run_s", None),
+        ("cold run / plain Dask", "run_over_dask", 1),
+        ("cold run peak, MiB", "run_peak_mb", 1),
+        ("plain Dask peak, MiB", "dask_peak_mb", 1),
+        ("cached rerun: run, s", "cached_run_s", 1),
+        ("cached rerun: define, s", "cached_define_s", 1),
+        ("slim restore, s", "restore_s", 1),
+        ("tag query, one tag, ms", "tag_one_s", 1e3),
+        ("files in the folder", "files", 1),
+        ("bytes on disk per state (allocated)", "allocated_bytes_per_state", 1),
+        ("metadata bytes per state (meta/ or segments/)", "meta_bytes_per_state", 1),
+    ):
+        cells = []
+        for k in sizes:
+            value = result.get(f"{name}_{k}_{key}")
+            if value is not None and factor is None:  # per task, in us
+                value = value / k * 1e6
+            elif value is not None:
+                value = value * factor
+            cells.append(_f(value))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _million_tables(result: dict[str, Any]) -> list[str]:
-    """Issue 21's targets before/after, the current store's curve and the segment layer's raw cost."""
+    """Issue 21's targets before/after, the stores' curves and the segment layer's raw cost."""
     sizes, seg_sizes = result.get("store_sizes") or [], result.get("segment_sizes") or []
+    after_sizes = result.get("segstore_sizes") or []
     out = list(MILLION_NOTES)
     if sizes:
         n = max(sizes)
         p = f"store_{n}_"
-        scale = 1_000_000 / n
-
-        def at(key: str, unit: str, linear: bool = True, digits: int = 3) -> str:
-            value = result.get(p + key)
-            if value is None:
-                return ""
-            text = f"{_f(value, digits)} {unit} at {n:,}"
-            return text + (f" ({_f(value * scale, digits)} {unit} at 1,000,000 if linear)" if linear and n < 1_000_000 else "")
-
         seg = max(seg_sizes) if seg_sizes else None
         meta = f"{_f(result.get(p + 'meta_bytes_per_state'))} B in a file of {_f(result.get(p + 'meta_allocated_bytes_per_state'))} B on disk"
         if seg:
             meta += f"; segments, raw: {_f(result.get(f'seg_{seg}_bytes_per_record'))} B"
             meta += f" ({_f(result.get(f'seg_{seg}_zlib_bytes_per_record'))} B zlib'd)"
-        rows = [
-            ("cold tree run / plain Dask, same graph of no-op tasks", "<= 2 x", f"{_f(result.get(p + 'run_over_dask'))} x at {n:,}"),
-            ("define, 1,000,000 states", "<= 15 s", at("define_s", "s")),
-            ("cold run, 1,000,000 states", "<= 240 s", at("run_s", "s")),
-            ("fully cached rerun (run; define apart), 1,000,000", "<= 20 s", at("cached_run_s", "s") + "; define " + at("cached_define_s", "s", False)),
-            ("slim restore, 1,000,000", "<= 3 s", at("restore_s", "s")),
-            ("tag query (one tag; first query)", "<= 100 ms", f"{_f(result.get(p + 'tag_one_s', 0) * 1e3)} ms; {_f(result.get(p + 'tag_first_s', 0) * 1e3)} ms at {n:,}"),
-            ("peak memory, cold run (200,000: <= 600 MiB)", "<= 2 GiB at 1,000,000", at("run_peak_mb", "MiB")),
-            ("metadata on disk per trivial state", "<= 400 B", meta),
-        ]
-        out += ["| figure | target | before: current store | after: segments |", "|---|---|---|---|"]
-        out += [f"| {label} | {target} | {before} | phase 2: not wired yet |" for label, target, before in rows]
-        out += ["", f"Current store, {result.get('shape', 'tree8')} tagged `group:<i % {result.get('tags', 100)}>`:", ""]
-        out.append("| states | " + " | ".join(f"{k:,}" for k in sizes) + " |")
-        out.append("|---|" + "---|" * len(sizes))
-        for label, key, factor in (
-            ("define, s", "define_s", 1),
-            ("cold run, us/state", "run_us_per_state", 1),
-            ("plain Dask, us/task", "dask_run_s", None),
-            ("cold run / plain Dask", "run_over_dask", 1),
-            ("cold run peak, MiB", "run_peak_mb", 1),
-            ("plain Dask peak, MiB", "dask_peak_mb", 1),
-            ("cached rerun: run, s", "cached_run_s", 1),
-            ("cached rerun: define, s", "cached_define_s", 1),
-            ("slim restore, s", "restore_s", 1),
-            ("tag query, one tag, ms", "tag_one_s", 1e3),
-            ("files in the folder", "files", 1),
-            ("bytes on disk per state (allocated)", "allocated_bytes_per_state", 1),
-        ):
-            cells = []
-            for k in sizes:
-                value = result.get(f"store_{k}_{key}")
-                if value is not None and factor is None:  # per task, in us
-                    value = value / k * 1e6
-                elif value is not None:
-                    value = value * factor
-                cells.append(_f(value))
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows = _million_rows(result, "store", sizes, meta)
+        afters = [""] * len(rows)
+        if after_sizes:
+            m = max(set(after_sizes) & set(sizes) or after_sizes)  # the before column's size, where measured
+            q = f"segstore_{m}_"
+            after_meta = f"{_f(result.get(q + 'meta_bytes_per_state'))} B in segments at {m:,} (no file per state)"
+            afters = [row[2] for row in _million_rows(result, "segstore", [m], after_meta)]
+        out += ["| figure | target | before: one file per state | after: records in segments |", "|---|---|---|---|"]
+        out += [f"| {label} | {target} | {before} | {after} |" for (label, target, before), after in zip(rows, afters, strict=True)]
+        tags = f"tagged `group:<i % {result.get('tags', 100)}>`"
+        out += _million_curve(result, "store", sizes, f"Before: one file per state, {result.get('shape', 'tree8')} {tags}:")
+        if after_sizes:
+            out += _million_curve(
+                result, "segstore", after_sizes, "After: commit records in segments (`DAGGER_SEGMENTS=1`), same tree:"
+            )
     if seg_sizes:
         out += ["", "The segment layer alone (4 writers of N/4 records, one `write` per record, no fsync; compaction fsync'd):", ""]
         out.append("| records | " + " | ".join(f"{k:,}" for k in seg_sizes) + " |")
@@ -371,13 +401,18 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
         out += ["", f"S3 requests, counted at the client on a local S3 server ({n:,}-state tree8; segment batches of "
                 f"{result.get('s3_batch', 0):,}):", "", "| run | requests |", "|---|---|"]
         for label, key in (
-            ("current store, cold run, per state", "s3_store_cold_run_per_state"),
-            ("current store, fully cached rerun, whole run", "s3_store_cached_run_requests"),
-            ("current store, slim restore, whole run", "s3_store_restore_requests"),
-            ("segments, writing, per state", "s3_segments_write_per_state"),
-            ("segments, reading all, whole run", "s3_segments_read_requests"),
+            ("one file per state, cold run, per state", "s3_store_cold_run_per_state"),
+            ("one file per state, fully cached rerun, whole run", "s3_store_cached_run_requests"),
+            ("one file per state, slim restore, whole run", "s3_store_restore_requests"),
+            ("records in segments, cold run, per state", "s3_segstore_cold_run_per_state"),
+            ("records in segments, fully cached rerun, whole run", "s3_segstore_cached_run_requests"),
+            ("records in segments, slim restore, whole run", "s3_segstore_restore_requests"),
+            ("segment layer alone, writing, per state", "s3_segments_write_per_state"),
+            ("segment layer alone, reading all, whole run", "s3_segments_read_requests"),
         ):
-            counts = result.get(key) or {}
+            counts = result.get(key)
+            if counts is None:
+                continue
             out.append(f"| {label} | " + ", ".join(f"{m} {_f(c)}" for m, c in sorted(counts.items())) + " |")
     return out
 

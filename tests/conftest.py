@@ -16,4 +16,18 @@ def exp_dir(tmp_path):
     """A fresh, empty experiment folder."""
     return str(tmp_path / "exp")
 
+
+@pytest.fixture(params=["files", "segments"])
+def layout(request, monkeypatch):
+    """Run the test once with commit records in ``meta/`` files and once in segments (``DAGGER_SEGMENTS=1``).
+
+    The variable reaches every process the test starts (forked, spawned or run as a script).
+    """
+    if request.param == "segments":
+        monkeypatch.setenv("DAGGER_SEGMENTS", "1")
+    else:
+        monkeypatch.delenv("DAGGER_SEGMENTS", raising=False)
+    return request.param
+
+
 pytest_plugins = ["s3server"]

@@ -106,6 +106,16 @@ def run_child(directory: str, run_id: str, calls: str, sleep: float, shape: dict
     exp.run(progress=False)
 
 
+def run_child_in(layout: str, *args) -> None:
+    """:func:`run_child` with commit records in ``layout`` ("files" or "segments"): a forkserver's
+    children inherit the server's environment, not the test's."""
+    if layout == "segments":
+        os.environ["DAGGER_SEGMENTS"] = "1"
+    else:
+        os.environ.pop("DAGGER_SEGMENTS", None)
+    run_child(*args)
+
+
 def expected_states(data_mb=4.0, model_mb=1.0, width=3, depth=2) -> int:
     return 1 + width * depth
 

@@ -75,7 +75,7 @@ def test_help_lists_the_commands_of_every_family_in_order():
         "compare": ["diff", "results"],
         "draw": ["draw", "plot"],
         "ui": ["ui"],
-        "maintain": ["gc", "verify", "reproduce"],
+        "maintain": ["gc", "migrate", "verify", "reproduce"],
     }
     assert names == [name for commands in families.values() for name in commands]
     from dagger import cli

@@ -15,6 +15,7 @@ from paperdefs import listing2
 
 import dagger as dg
 from dagger.store import LocalStore
+from dagger.store import index as idx
 from dagger.store import records as rec
 
 HERE = os.path.dirname(__file__)
@@ -95,7 +96,7 @@ def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_aga
     exp = chain(exp_dir)
     encoded = []
     inside = []
-    real_index_bytes, real_encoder = rec.index_bytes, rec._JSON
+    real_index_bytes, real_encoder = rec.index_bytes, idx._JSON
 
     class Counting(json.JSONEncoder):
         def encode(self, obj):
@@ -110,7 +111,7 @@ def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_aga
         finally:
             inside.clear()
 
-    monkeypatch.setattr(rec, "_JSON", Counting())
+    monkeypatch.setattr(idx, "_JSON", Counting())
     monkeypatch.setattr(rec, "index_bytes", index_bytes)
     exp.run()
     assert 0 < len(encoded) < 10  # the head and columns; not one encoding per state (31)

@@ -25,6 +25,7 @@ from dagger.store.records import (
     INDEX_KEY,
     INLINE_FIELD,
     INLINE_MAX,
+    NEWEST_FORMAT,
     STORE_FORMAT,
     Records,
     meta_key,
@@ -348,7 +349,7 @@ def test_a_folder_of_a_newer_layout_is_refused(exp_dir):
     path = os.path.join(exp_dir, "experiment.json")
     with open(path, "rb") as f:
         info = json.loads(f.read())
-    info["format"] = STORE_FORMAT + 1
+    info["format"] = NEWEST_FORMAT + 1  # (layout 3, segments, is read since issue 21)
     with open(path, "w") as f:
         json.dump(info, f)
     with pytest.raises(dg.FormatVersionError, match="newer dagger"):

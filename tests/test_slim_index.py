@@ -11,6 +11,7 @@ from paperdefs import State, TrainRecipe, eval_fn, listing2
 
 import dagger as dg
 from dagger.store import LocalStore
+from dagger.store import index as idx
 from dagger.store import records as rec
 
 
@@ -96,7 +97,7 @@ def test_damaged_metadata_in_the_index_falls_back_to_the_record(exp_dir):
     path = os.path.join(exp_dir, rec.INDEX_KEY)
     raw = open(path, "rb").read()
     head, metas = raw.split(b',"metas":[', 1)
-    states = json.loads(head.split(b',"columns":', 1)[0][len(rec._INDEX_HEAD) :])
+    states = json.loads(head.split(b',"columns":', 1)[0][len(idx._INDEX_HEAD) :])
     victim = next(iter(states))
     # same length, so every offset still holds: only the victim's record in the index is wrong
     metas = metas.replace(victim.encode(), victim[::-1].encode(), 1)
@@ -144,7 +145,7 @@ def test_index_of_the_first_layout_is_used_then_rewritten(exp_dir):
     exp, store = open_slim(exp_dir)
     assert store.reads.get("meta", 0) == 0
     assert {n.sha(): n.metadata for n in exp.graph.nodes} == truth
-    assert open(path, "rb").read().startswith(rec._INDEX_HEAD.encode())
+    assert open(path, "rb").read().startswith(idx._INDEX_HEAD.encode())
     assert open_slim(exp_dir)[0].graph._index.lazy
 
 

@@ -1,5 +1,7 @@
 """Crash safety: SIGKILL a running experiment at 30 random moments, including mid-write of a large blob.
 
+Run with commit records in meta/ files and in segments (the ``layout`` fixture).
+
 After every kill the store verifies clean (temporary files may be left; gc
 removes them), and a rerun computes exactly the states that were missing.
 Children are forked from a forkserver that has dagger, numpy and the
@@ -25,6 +27,15 @@ from dagger.store import LocalStore
 from dagger.store.maintenance import gc, verify
 from dagger.store.records import Records
 
+
+def rel_layout(directory: str) -> str:
+    """Where the folder's commit records are: "files" (``meta/``) or "segments" (never both here)."""
+    meta = os.path.join(directory, "meta")
+    files = os.path.isdir(meta) and bool(os.listdir(meta))
+    segs = os.path.isdir(os.path.join(directory, "segments"))
+    return "both" if files and segs else "segments" if segs else "files"
+
+
 SHAPE = {"data_mb": 6.0, "model_mb": 2.0, "width": 3, "depth": 2}
 SLEEP = 0.03
 KILLS = 30
@@ -40,8 +51,8 @@ def ctx():
     return context
 
 
-def _start(ctx, directory, run_id, calls):
-    proc = ctx.Process(target=storedefs.run_child, args=(directory, run_id, calls, SLEEP, SHAPE))
+def _start(ctx, directory, run_id, calls, layout="files"):
+    proc = ctx.Process(target=storedefs.run_child_in, args=(layout, directory, run_id, calls, SLEEP, SHAPE))
     proc.start()
     return proc
 
@@ -66,7 +77,7 @@ def _wait_for_blob_write(directory: str, proc, limit: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx):
+def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx, layout):
     rng = random.Random(20261128)
     _, root, leaves = build(str(tmp_path / "shapes"), **SHAPE)
     everything = {root.sha()} | {p.sha() for leaf in leaves for p in (leaf, leaf.parent)}
@@ -75,7 +86,7 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx):
     # Uninterrupted runs tell how long a whole run takes here (the first also starts the forkserver).
     for attempt in range(2):
         t0 = time.monotonic()
-        proc = _start(ctx, str(tmp_path / f"calibrate{attempt}"), "calibrate", calls)
+        proc = _start(ctx, str(tmp_path / f"calibrate{attempt}"), "calibrate", calls, layout)
         proc.join(60)
         full_run = time.monotonic() - t0
         assert proc.exitcode == 0
@@ -90,7 +101,7 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx):
         records = Records(LocalStore(directory))
         mode = "blob" if i % 3 == 1 else "time"
         run_id = f"k{i}"
-        proc = _start(ctx, directory, run_id, calls)
+        proc = _start(ctx, directory, run_id, calls, layout)
         if mode == "blob":
             caught = _wait_for_blob_write(directory, proc, limit=full_run * 2)
             stats["blob-write caught"] += caught
@@ -113,12 +124,13 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, ctx):
 
         # the rerun computes exactly what is missing, once each
         rerun = f"r{i}"
-        proc = _start(ctx, directory, rerun, calls)
+        proc = _start(ctx, directory, rerun, calls, layout)
         proc.join(60)
         assert proc.exitcode == 0, f"rerun after kill {i} failed"
         recomputed = [sha for run, _, sha in read_calls(calls) if run == rerun]
         assert sorted(recomputed) == sorted(everything - before), f"kill {i} ({mode})"
         assert set(records.committed()) == everything
+        assert rel_layout(directory) == layout
         stats["states recomputed"] += len(recomputed)
 
         # gc removes every leftover of the kill (run later: it leaves files written in the last

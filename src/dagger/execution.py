@@ -27,7 +27,7 @@ from dagger.recipe import seeds_global_rngs
 from dagger.state import ExperimentState, set_attributes
 from dagger.store import open_store, pickling, signing
 from dagger.store._local import current_pid
-from dagger.store.records import FIRST_REV, Records, encode_json, meta_key, state_key
+from dagger.store.records import Records, encode_json, state_key
 
 _HOST = socket.gethostname()
 
@@ -92,6 +92,13 @@ def take_written(runtime: Runtime) -> dict[str, tuple[str, str]]:
     """
     recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())
     return recs.take_written() if recs is not None else {}
+
+
+def flush_records(runtime: Runtime) -> None:
+    """Commit the records this process's tasks queued for ``runtime``'s store (object-store segment batches)."""
+    recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())
+    if recs is not None:
+        recs.flush()
 
 
 def forget_recent(runtime: Runtime) -> None:
@@ -347,6 +354,8 @@ def run_task(runtime: Runtime, spec: TaskSpec, *parents: dict[str, Any]) -> dict
         if record["status"] == "computed" or changed:
             old_rev = meta.get("rev") if record["status"] == "cached" else spec.replace_rev
             records.write_meta(meta, old_rev=old_rev)
+            if not records.keep_written:  # another process than the run's (a cluster worker): commit now
+                records.flush()
         if record["status"] == "computed":
             record["reason"] = spec.reason
             # Also where this run saw no failure: a concurrent runner may have failed this state
@@ -383,9 +392,7 @@ def _already_committed(records: Records, sha: str) -> tuple[dict[str, Any] | Non
     record a newer revision replaced has its pickle file; a state from an older
     experiment (whose records have no fixed first name) too.
     """
-    if not records.store.exists(meta_key(sha, FIRST_REV)) and not records.store.exists(state_key(sha)):
-        return None, False
-    rev = records.committed().get(sha)
+    rev = records.committed_now(sha)
     if rev is not None:
         return records.read_meta(sha, rev), False
     return None, records.store.exists(state_key(sha))

@@ -29,6 +29,7 @@ from dagger.execution import (
     TaskSpec,
     check_storable,
     failure_key,
+    flush_records,
     forget_recent,
     jsonable,
     keep_written,
@@ -41,7 +42,10 @@ from dagger.recipe import Function, Recipe
 from dagger.report import RunReport
 from dagger.state import ExperimentState
 from dagger.store import Store, open_store
-from dagger.store.records import STORE_FORMAT, Records, StoredMetas, long_lived_build
+from dagger.store.gctune import long_lived_build
+from dagger.store.index import StoredMetas
+from dagger.store.layout import STORE_FORMAT
+from dagger.store.records import Records
 
 
 class Experiment:
@@ -351,7 +355,9 @@ class Experiment:
                 with Progress.for_run(progress, len(keys) + n_cached, scheduler) as bar:
                     bar.counts["cached"] = n_cached
                     records = bar.collect(get, graph, keys)
+                flush_records(self.runtime)  # records queued in an object-store batch are committed now
             except KeyboardInterrupt:
+                flush_records(self.runtime)  # the states computed so far are whole: keep them
                 self._interrupted()
                 raise
             finally:

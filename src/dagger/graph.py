@@ -276,7 +276,8 @@ class StaticExperimentTree:
         state_class: type[ExperimentState] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        from dagger.store.records import SlimIndex, paused_gc
+        from dagger.store.gctune import paused_gc
+        from dagger.store.index import SlimIndex
 
         self.records = records
         self.info = info or {}

@@ -91,6 +91,16 @@ def committed(directory: str) -> dict[str, str]:
     return Records(LocalStore(directory)).committed()
 
 
+def layout_of(directory: str) -> str:
+    """Where the folder's commit records are: "files" (``meta/``), "segments", or "both"."""
+    def has(folder: str) -> bool:
+        path = os.path.join(directory, folder)
+        return os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))
+
+    files, segs = has("meta"), has("segments")
+    return "both" if files and segs else "segments" if segs else "files"
+
+
 def audit(directory: str) -> dict[str, Any]:
     """Check every file of an experiment folder; return counts and a list of problems.
 
@@ -369,6 +379,37 @@ def run_huge(n: int, directory: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", _HUGE, str(n), directory], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- a disk that fills up under a segment ---------------------------------------------------------
+
+_FULL = """
+import json, resource, sys
+import dagger as dg
+import rel_scenarios as sc
+directory, limit = sys.argv[1], int(sys.argv[2])
+exp = sc.define(directory, size=64)            # small states: every pickle is carried by its record
+exp._record_environment()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # no file grows past `limit` bytes (EFBIG)
+try:
+    exp.run(progress=False)
+    out = {"failures": [], "message": ""}
+except dg.RunFailedError as exc:
+    out = {"failures": [f.sha for f in exc.failures], "message": str(exc)}
+print(json.dumps(out))
+"""
+
+
+def run_until_full(directory: str, limit: int) -> dict[str, Any]:
+    """Run the workload in a fresh process whose files cannot grow past ``limit`` bytes (a real short write,
+    then EFBIG, from the kernel): where records go to a segment, the segment fills up mid-run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _FULL, directory, str(limit)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -24,7 +25,7 @@ def window(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing(tmp_path, window):
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, window, layout):
     rng = random.Random(SEED)
     # odd trials time the kill from the first commit, so some kills surely land mid-run under load
     results = [
@@ -35,16 +36,18 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, window):
         assert r["corrupt"] == 0
         assert r["lost"] == 0
         assert r["finished"] == sc.n_states()
+    assert {sc.layout_of(str(tmp_path / f"trial{i}")) for i in range(TRIALS)} == {layout}
     # The kills really interrupted runs (not all before the first state or after the last).
     assert sum(r["killed_exit"] == -9 for r in results) >= TRIALS // 2
     assert any(0 < r["committed_at_kill"] < sc.n_states() for r in results)
 
 
 @pytest.mark.slow
-def test_sigkill_one_of_four_concurrent_runners(tmp_path, window):
+def test_sigkill_one_of_four_concurrent_runners(tmp_path, window, layout):
     rng = random.Random(SEED + 1)
     r = sc.concurrent_kill_trial(str(tmp_path / "exp"), rng, window, workers=4)
     assert r["survivor_exits"] == [0, 0, 0]
+    assert sc.layout_of(str(tmp_path / "exp")) == layout
     assert r["problems"] == []
     assert r["finished"] == sc.n_states()
     assert r["lost"] == 0
@@ -127,3 +130,30 @@ def _descendants(exp, sha):
                 break
             node = node.parent
     return out
+
+
+def test_a_segment_that_fills_the_disk_loses_no_committed_state(tmp_path, monkeypatch):
+    """The disk fills up under a segment (the kernel cuts a write short, then refuses it: EFBIG, as ENOSPC would).
+
+    The state whose record did not fit fails with a clear error; no partial record is ever read;
+    every state committed before is intact; running again once there is room computes exactly the rest.
+    """
+    monkeypatch.setenv("DAGGER_SEGMENTS", "1")
+    directory = str(tmp_path / "exp")
+    out = sc.run_until_full(directory, limit=12_000)
+    assert out["failures"], "the segment never reached the limit"
+    for sha in out["failures"]:
+        assert f"could not save state {sha[:12]}" in out["message"]
+    assert os.strerror(errno.EFBIG) in out["message"]
+    assert "run again" in out["message"]
+    assert sc.layout_of(directory) == "segments"
+    seg = os.path.join(directory, "segments")
+    sizes = [os.path.getsize(os.path.join(seg, n)) for n in os.listdir(seg) if n.endswith(".seg")]
+    assert sizes and max(sizes) <= 12_000
+    before = sc.committed(directory)
+    assert 0 < len(before) < sc.n_states()
+    audit = sc.audit(directory)
+    assert audit["problems"] == [] and audit["committed"] == len(before)
+    report, _ = sc.recover(directory, size=64)
+    assert {s.sha for s in report.computed} == {sha for sha in sc.define(directory, size=64)._promises} - set(before)
+    assert sc.audit(directory) == {"committed": sc.n_states(), "corrupt": 0, "problems": []}

@@ -31,7 +31,7 @@ from dagger.errors import CorruptRecordError
 from dagger.experiment import Experiment
 from dagger.graph import INDENT_LEVELS
 from dagger.state import ExperimentState
-from dagger.store.records import FIRST_REV, blob_key, meta_key, state_key
+from dagger.store.records import FIRST_REV, blob_key, state_key
 
 
 @app.command(epilog="Example: dagger show runs/prune --result accuracy")
@@ -232,7 +232,7 @@ def _stored_files(exp: Experiment, node: ExperimentState) -> dict[str, Any]:
         except (OSError, CorruptRecordError):
             carried = False
         if carried:
-            key, where = meta_key(node.sha(), FIRST_REV), "carried by the commit record"
+            key, where = exp.records.record_key(node.sha(), FIRST_REV), "carried by the commit record"
             recorded = meta.get("pickle_bytes")
             pickle_bytes = recorded if isinstance(recorded, int) else None
     parent = exp.graph._nodes.get(str(meta.get("parent")))  # (None for a root, or a dangling parent)

@@ -1,4 +1,4 @@
-"""Maintain a store: ``dagger gc``, ``dagger verify`` and ``dagger reproduce``."""
+"""Maintain a store: ``dagger gc``, ``dagger migrate``, ``dagger verify`` and ``dagger reproduce``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def gc(
     report = exp.gc(unreachable=unreachable, dry_run=dry_run)
     _print_report(report, as_json)
     return OK
+
+
+@app.command(epilog="Example: dagger migrate runs/prune")
+@_command
+def migrate(
+    directory: Dir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> int:
+    """Move the commit records of an older experiment (meta/ files) into one segment, then compact."""
+    from dagger.store.migrate import migrate as run_migrate
+
+    report = run_migrate(_open(directory).records)
+    _print_report(report, as_json)
+    return OK if not report.left else PROBLEM
 
 
 @app.command(epilog="Example: dagger verify runs/prune   (exit status 1 when problems are found)")

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from dagger.errors import CorruptRecordError, FormatVersionError, StoreError
 from dagger.hashing import FORMAT_VERSION
-from dagger.store import audit, digest
+from dagger.store import audit, digest, segments
 from dagger.store._local import LocalStore, linked_folder_error
 from dagger.store.base import Store
 from dagger.store.leases import WRITER_PREFIX, GcMarker, live
@@ -40,6 +40,7 @@ from dagger.store.records import (
     FIRST_REV,
     INDEX_KEY,
     INLINE_FIELD,
+    SEGMENTS,
     Records,
     blob_key,
     checksum_matches,
@@ -103,6 +104,7 @@ class GcReport:
     freed: dict[str, int] = field(default_factory=lambda: {k: 0 for k in GC_KINDS})
     skipped: dict[str, int] = field(default_factory=dict)
     live_locks: int = 0
+    compacted: int = 0  # superseded segment records dropped by compaction
 
     @property
     def freed_bytes(self) -> int:
@@ -336,9 +338,9 @@ def _add_state_blobs(records: Records, sha: str, rev: str, out: set[str]) -> boo
     """
     store = records.store
     known = False
-    for key in dict.fromkeys((meta_key(sha, rev), meta_key(sha, FIRST_REV))):
+    for r in dict.fromkeys((rev, FIRST_REV)):
         try:
-            record = json.loads(store.get(key))
+            record = json.loads(records.record_bytes(sha, r))
         except (FileNotFoundError, ValueError, OSError):
             continue
         if not isinstance(record, dict):
@@ -491,6 +493,8 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         keys = [meta_key(sha, newest[sha]), state_key(sha)]
         report._add("unreachable_states", sha, sum(_size(store, k) for k in keys))
         if not dry_run:
+            if records.in_segments(sha):
+                records.remove_records(sha, [])  # a tombstone in this process's segment
             for key in keys:
                 store.delete(key)
 
@@ -506,7 +510,12 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
             _sweep(records, report, newest, marker, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
         records._known_blobs.clear()
 
-    if not dry_run and (doomed or superseded):
+    if not dry_run:
+        # Superseded revisions in segments (and records tombstoned above) go by compaction: idle
+        # segments rewritten as one, the newest record of each state kept (see dagger.store.segments).
+        done = segments.compact(store)
+        report.compacted = done.records_in - done.records_out
+    if not dry_run and (doomed or superseded or report.compacted):
         try:
             records.load_all_meta(on_corrupt=lambda *a: None)  # rewrite the derived index
         except (OSError, CorruptRecordError):
@@ -548,6 +557,7 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
             report.problems.append(Problem(EXPERIMENT_KEY, f"not a valid experiment record ({exc})"))
 
     doomed: list[str] = []  # what repair removes
+    damaged_records: set[str] = set()  # states whose newest segment record is unreadable (repair tombstones it)
     # Every metadata file.
     newest: dict[str, str] = {}
     metas: dict[str, dict[str, Any]] = {}
@@ -570,6 +580,31 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
         if rev > newest.get(sha, ""):
             newest[sha] = rev
             metas[sha] = meta
+    # Every segment record that is the newest of its state (older ones wait for compaction).
+    for sha, record in records.segment_records().items():
+        if record.rev <= newest.get(sha, ""):
+            continue
+        if record.deleted:
+            newest.pop(sha, None)
+            metas.pop(sha, None)
+            continue
+        key = f"{SEGMENTS}/{sha}.{record.rev}"
+        try:
+            meta = records.read_meta(sha, record.rev)
+        except FileNotFoundError:
+            continue  # compacted away meanwhile: a newer record exists
+        except CorruptRecordError as exc:
+            report.problems.append(Problem(key, str(exc).removeprefix(f"{meta_key(sha, record.rev)} ").strip(), sha))
+            if not isinstance(exc, FormatVersionError):
+                damaged_records.add(sha)
+            continue
+        newest[sha] = record.rev
+        metas[sha] = meta
+    for name, torn in sorted((records._follower.torn if records._follower else {}).items()):
+        report.notes.append(
+            f"{SEGMENTS}/{name} ends in {torn} bytes that are not a whole record (a writer killed mid-append, or "
+            "damage): ignored; any state they held reads as not computed and the next run computes it"
+        )
     report.states = len(newest)
     audit.check_lineage(report, metas, newest, records.committed())
 
@@ -667,8 +702,8 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
             json.loads(store.get(INDEX_KEY))
         except (ValueError, FileNotFoundError):
             report.notes.append(f"{INDEX_KEY} is unreadable; it is derived and will be rebuilt on the next restore")
-    if repair and (doomed or damaged):
-        _repair(records, report, doomed, damaged)
+    if repair and (doomed or damaged or damaged_records):
+        _repair(records, report, doomed, damaged | damaged_records)
     return report
 
 
@@ -709,6 +744,8 @@ def _repair(records: Records, report: VerifyReport, doomed: list[str], damaged: 
         for sha in sorted(damaged):
             keys.extend(f"meta/{n}" for n in names if n.startswith(f"{sha}."))
             keys.append(state_key(sha))
+            if records.in_segments(sha):  # its records in segments: a tombstone hides them all
+                report.repaired.extend(records.remove_records(sha, []))
         for key in dict.fromkeys(keys):
             if store.exists(key):
                 store.delete(key)

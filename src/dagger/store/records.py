@@ -1,113 +1,67 @@
-"""How one experiment is laid out in a store, built on the five store operations.
+"""Reading and writing an experiment's records: commit records, state pickles, blobs, the experiment record.
 
-::
-
-    experiment.json                 what the experiment is (format, state class, root)
-    meta/<sha>.<rev>.json           the commit record and slim metadata of a state
-    states/ab/<sha>.pkl             a state's pickle (header line + pickle), where it has a file
-    blobs/cd/<hash>                 content-addressed large buffers, shared by all states
-                                    (named by BLAKE3, or SHA-256 in older experiments)
-    index.json                      derived: every state's metadata in one file
-    locks/states.ranges             advisory per-state locks (kernel byte ranges; see dagger.store.locks)
-    tmp/                            in-flight writes (removed by gc)
-
-A state exists once its ``meta`` record exists. The record is written last,
-after the pickle and its blobs, so a crash leaves a complete state or none.
-Metadata that changes later (tags, Function results, timings) is written as a
-new revision ``<rev>`` and the older one removed; readers take the highest.
-Because revisions are in file names, one directory listing tells which
-entries of the index are stale, so restoring 10,000 states reads two files
-and one listing instead of 10,000 files.
-
-A state's first record has the fixed revision :data:`FIRST_REV`. When its
-pickle is small (after large buffers left as blobs: the usual case) that
-record carries it, base64 in its last field, so committing a state writes one
-file. Before a newer revision replaces the first record, the pickle moves to
-``states/ab/<sha>.pkl``; readers look there first, then in the first record.
-Older experiments, with a pickle file for every state, read the same way.
+:class:`Records` is where a state's commit record is written (:meth:`Records.write_meta`)
+and read (:meth:`Records.read_meta`, :meth:`Records.committed`), where its pickle and
+blobs are saved and loaded, and where the slim index is brought up to date. The paths
+are :mod:`dagger.store.layout`'s, the index file format :mod:`dagger.store.index`'s.
 """
 
 from __future__ import annotations
 
 import base64
-import gc
 import json
-import operator
 import os
-import re
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from dagger.errors import (
     CodeNotFoundError,
     CorruptRecordError,
     FormatVersionError,
-    StateNotFoundError,
     StoreError,
 )
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import _fastio, digest, pickling, signing
+from dagger.store import segments as seglog
 from dagger.store.base import Store
+from dagger.store.gctune import long_lived_build, paused_gc
+from dagger.store.index import _JSON, SlimIndex, StoredMetas, index_bytes, recorded_source
+from dagger.store.layout import (
+    _META_LINE,
+    _META_NAME,
+    _SHA,
+    EXPERIMENT_KEY,
+    FIRST_REV,
+    INDEX_KEY,
+    INLINE_FIELD,
+    INLINE_MAX,
+    NEWEST_FORMAT,
+    PENDING_PICKLE,
+    SEGMENT_FORMAT,
+    SEGMENTS,
+    SEGMENTS_ENV,
+    STORE_FORMAT,
+    blob_key,
+    is_blob_name,
+    is_sha,
+    meta_key,
+    new_rev,
+    state_key,
+)
 from dagger.store.validate import meta_problem
+
+__all__ = [  # the layout's and the index's names stay importable from here, as before the split
+    "EXPERIMENT_KEY", "FIRST_REV", "INDEX_KEY", "INLINE_FIELD", "INLINE_MAX", "NEWEST_FORMAT", "PENDING_PICKLE",
+    "SEGMENTS", "SEGMENTS_ENV", "SEGMENT_FORMAT", "STORE_FORMAT", "Records", "SlimIndex", "StoredMetas", "blob_key", "checksum_matches", "encode_json",
+    "index_bytes", "is_blob_name", "is_sha", "long_lived_build", "meta_key", "new_rev", "paused_gc",
+    "recorded_source", "state_key", "_META_LINE", "_META_NAME", "_SHA",
+]
 
 # Bound of the in-memory copies of recently saved pickles (see Records._remember).
 _RECENT_MAX_BYTES = 32 * 1024 * 1024
 _ENTRY_OVERHEAD = 256
-
-EXPERIMENT_KEY = "experiment.json"
-INDEX_KEY = "index.json"
-_SHA = re.compile(r"[0-9a-f]{64}")
-_META_NAME = re.compile(r"([0-9a-f]{64})\.([0-9a-f]{20})\.json")
-_META_LINE = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{20})\.json$", re.MULTILINE)
-
-
-def is_sha(text: str) -> bool:
-    return isinstance(text, str) and bool(_SHA.fullmatch(text))
-
-
-def is_blob_name(text: str) -> bool:
-    """Whether ``text`` can name a blob (a 256-bit hash in hex); stored names are checked before use."""
-    return is_sha(text)
-
-
-def state_key(sha: str) -> str:
-    return f"states/{sha[:2]}/{sha}.pkl"
-
-
-def blob_key(name: str) -> str:
-    return f"blobs/{name[:2]}/{name}"
-
-
-def meta_key(sha: str, rev: str) -> str:
-    return f"meta/{sha}.{rev}.json"
-
-
-#: The revision of every state's first commit record: fixed (and lower than any later one), so
-#: whether a state was committed is one probe for one known name.
-FIRST_REV = "0" * 20
-#: A pickle file of at most this many bytes (header line included) travels inside its state's
-#: first commit record, as the record's last field: one file written per state instead of two.
-#: Bounded so that records stay small for the readers that read them all (an index rebuild).
-INLINE_MAX = 16 * 1024
-INLINE_FIELD = "pickle"
-#: Where save_pickle leaves a pickle for write_meta to carry (never written as metadata).
-PENDING_PICKLE = "_pending_pickle"
-#: The layout version in ``experiment.json``: 2 since first commit records may carry pickles.
-#: (Records, pickle headers and hashes keep ``FORMAT_VERSION``: the layout changed, not they.)
-#: A dagger that reads only layout 1 refuses the folder instead of missing those pickles.
-STORE_FORMAT = 2
-
-
-def new_rev() -> str:
-    return f"{time.time_ns():016x}{os.urandom(2).hex()}"
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=str)
-
 
 def checksum_matches(header: dict[str, Any], data: Any) -> bool:
     """Whether a pickle's bytes match the checksum in its header (True if it has none: older records)."""
@@ -132,8 +86,18 @@ class Records:
         verify_blobs: bool = True,
         blob_hash: str | None = None,
         signing_key: bytes | str | None = None,
+        segments: bool | None = None,
     ):
         self.store = store
+        # Where new commit records go: True, segments; False, meta/ files; None, decided at the first write
+        # (segments where DAGGER_SEGMENTS=1 or experiment.json says layout SEGMENT_FORMAT).
+        self._segments_wanted = segments
+        self._to_segments: bool | None = segments
+        self._writer: seglog.SegmentWriter | seglog.BatchSegmentWriter | None = None
+        self._writer_lock = threading.Lock()
+        self._follower: seglog.Follower | None = None
+        # Records queued in an object-store batch, not committed yet: {sha: (rev, bytes)} (see _append).
+        self._unflushed: dict[str, tuple[str, bytes]] = {}
         #: With a key, every pickle is written signed and none is unpickled unless signed (see signing).
         self.signing_key = signing.resolve_key(signing_key)
         self._blob_hash = None if blob_hash is None else digest.check(blob_hash)
@@ -185,6 +149,7 @@ class Records:
             self._recent_bytes = 0
         self._written = {}
         self._layout_ok = False  # read experiment.json's layout again before carrying a pickle
+        self._to_segments = self._segments_wanted
         made = getattr(self.store, "_made", None)
         if isinstance(made, set):
             made.clear()  # check the folders again for links put there since (see LocalStore._check_no_link)
@@ -197,7 +162,7 @@ class Records:
         except FileNotFoundError:
             return None
         info = _parse_json(raw, EXPERIMENT_KEY)
-        _check_format(info, EXPERIMENT_KEY, STORE_FORMAT)
+        _check_format(info, EXPERIMENT_KEY, NEWEST_FORMAT)
         self._blob_hash = digest.check(info.get("blob_hash", digest.LEGACY), EXPERIMENT_KEY)
         self._layout_ok = info["format"] >= STORE_FORMAT
         return info
@@ -235,7 +200,9 @@ class Records:
     # ---- listing and metadata ------------------------------------------------
 
     def committed(self, entries: list[str] | None = None) -> dict[str, str]:
-        """``{sha: newest rev}`` of every committed state, from one listing (or these file names)."""
+        """``{sha: newest rev}`` of every committed state: ``meta/`` files (one listing, or these
+        file names) and segment records, the newest revision of each state winning (a tombstone
+        newer than every record of a state removes it)."""
         if entries is None:
             entries = self._meta_names()
         out: dict[str, str] = {}
@@ -243,7 +210,102 @@ class Records:
         for sha, rev in _META_LINE.findall("\n".join(entries)):
             if rev > out.get(sha, ""):
                 out[sha] = rev
+        for sha, record in self.segment_records().items():
+            if record.rev > out.get(sha, ""):
+                if record.deleted:
+                    out.pop(sha, None)
+                else:
+                    out[sha] = record.rev
         return out
+
+    def segment_records(self) -> dict[str, seglog.SegmentRecord]:
+        """The newest segment record of each state (tombstones included), read up to date now."""
+        if self._follower is None:
+            self._follower = seglog.Follower(self.store)
+        return self._follower.refresh()
+
+    def segments_tag(self) -> list[str]:
+        """Short strings that change whenever a segment gains a record (for a reader's "changed?" test)."""
+        if self._follower is None:
+            self._follower = seglog.Follower(self.store)
+        return self._follower.tag()
+
+    def record_bytes(self, sha: str, rev: str) -> bytes:
+        """The bytes of ``sha``'s commit record at revision ``rev``, from a segment or its ``meta/`` file.
+
+        FileNotFoundError if neither holds it (a newer revision replaced it, or it never was).
+        """
+        queued = self._unflushed.get(sha)
+        if queued is not None and queued[0] == rev:
+            return queued[1]
+        if self._follower is not None:
+            found = self._follower.records.get(sha)
+            if found is not None and found.rev == rev and not found.deleted:
+                return found.payload
+        try:
+            return self.store.get(meta_key(sha, rev))
+        except FileNotFoundError:
+            found = self.segment_records().get(sha)
+            if found is not None and found.rev == rev and not found.deleted:
+                return found.payload
+            raise
+
+    def committed_now(self, sha: str) -> str | None:
+        """The newest revision of ``sha`` if some process has committed it by now, else None.
+
+        For the "committed meanwhile?" check before computing a state: a few probes, not a listing
+        of every record. A state's first record has one known name; a state whose first record a
+        newer revision replaced has a pickle file; in a segment experiment, the segments' new tails.
+        """
+        if self.store.exists(meta_key(sha, FIRST_REV)) or self.store.exists(state_key(sha)):
+            return self.committed().get(sha)
+        if self.writes_segments() or self._follower is not None:
+            found = self.segment_records().get(sha)
+            if found is not None and not found.deleted:
+                return found.rev
+        return None
+
+    def remove_records(self, sha: str, names: list[str] | None = None) -> list[str]:
+        """Remove every commit record of ``sha``: its ``meta/`` files, and in segments a tombstone.
+
+        Returns what was removed (keys, and ``segments/<sha>`` for a tombstone). ``names``: the
+        ``meta/`` listing, if the caller has it. The state then reads as never committed.
+        """
+        if names is None:
+            names = self._meta_names()
+        removed = []
+        for name in names:
+            if name.startswith(f"{sha}.") and _META_NAME.fullmatch(name):
+                self.store.delete(f"meta/{name}")
+                removed.append(f"meta/{name}")
+        found = self.segment_records().get(sha)
+        if found is not None and not found.deleted:
+            rev = new_rev()
+            if rev <= found.rev:
+                rev = f"{int(found.rev[:16], 16) + 1:016x}{os.urandom(2).hex()}"
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = seglog.open_writer(self.store, on_flush=self._flushed)
+                writer = self._writer
+            writer.delete(sha, rev)
+            writer.flush()
+            if self._follower is not None and isinstance(writer, seglog.SegmentWriter):
+                self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, b"", True))
+            self._unflushed.pop(sha, None)
+            removed.append(f"{SEGMENTS}/{sha}")
+        return removed
+
+    def record_key(self, sha: str, rev: str) -> str:
+        """Where ``sha``'s record at ``rev`` is, in words for people: its ``meta/`` file, or ``segments/<sha>.<rev>``."""
+        found = self._follower.records.get(sha) if self._follower is not None else None
+        if found is not None and found.rev == rev:
+            return f"{SEGMENTS}/{sha}.{rev}"
+        return meta_key(sha, rev)
+
+    def in_segments(self, sha: str) -> bool:
+        """Whether a segment (or this process's queued batch) holds a record of ``sha`` (as last read)."""
+        found = self._follower.records.get(sha) if self._follower is not None else None
+        return sha in self._unflushed or (found is not None and not found.deleted)
 
     def _meta_names(self) -> list[str]:
         """The names of the files in ``meta/``."""
@@ -252,7 +314,7 @@ class Records:
 
     def read_meta(self, sha: str, rev: str) -> dict[str, Any]:
         key = meta_key(sha, rev)
-        meta = _parse_json(self.store.get(key), key)
+        meta = _parse_json(self.record_bytes(sha, rev), key)
         meta.pop(INLINE_FIELD, None)  # the pickle a first record carries is no metadata
         _check_format(meta, key)
         if meta.get("sha") != sha:
@@ -280,18 +342,21 @@ class Records:
         """
         sha = meta["sha"]
         pending = meta.pop(PENDING_PICKLE, None)
+        queued = False
         try:  # any store failure on the way (moving a pickle out, the record itself) names the state
-            rev, text = self._write_record(meta, sha, old_rev, pending)
+            old_in_file = old_rev is not None and not self.in_segments(sha)
+            rev, text, queued = self._write_record(meta, sha, old_rev, pending)
         except OSError as exc:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(exc.errno, f"could not save state {sha[:12]}: {exc.strerror or exc}") from exc
         finally:
-            self.release(sha)  # committed (or failed): its blobs need no lease any more
+            if not queued:  # committed (or failed): its blobs need no lease any more
+                self.release(sha)  # (a queued record's lease goes when its batch is written: _flushed)
         if self.keep_written:
             self._written[sha] = (rev, text)  # the index reuses the text (see write_index)
-        if old_rev is not None:
-            self.store.delete(meta_key(sha, old_rev))
+        if old_in_file:
+            self.store.delete(meta_key(sha, old_rev))  # type: ignore[arg-type]
         meta["rev"] = rev
         return rev
 
@@ -387,8 +452,14 @@ class Records:
 
     def _write_record(
         self, meta: dict[str, Any], sha: str, old_rev: str | None, pending: bytes | None
-    ) -> tuple[str, str]:
-        """Write the new revision of ``sha``'s record; return its rev and its JSON (without a carried pickle)."""
+    ) -> tuple[str, str, bool]:
+        """Write the new revision of ``sha``'s record: THE place where a commit record is written.
+
+        Appended to this process's segment (or queued in its object-store batch), or put as
+        ``meta/<sha>.<rev>.json`` (see :meth:`writes_segments`). Returns its rev, its JSON
+        (without a carried pickle), and whether it waits in a batch (committed at the next flush).
+        """
+        to_segments = self.writes_segments()
         if old_rev is None:
             rev = FIRST_REV
             if pending is not None and not self._layout_ok:
@@ -405,11 +476,65 @@ class Records:
         # (A computed state's metadata has no rev yet: encoded as it is, not copied first.)
         text = _JSON.encode(meta if "rev" not in meta else {k: v for k, v in meta.items() if k != "rev"})
         if pending is None:
-            self.store.put(meta_key(sha, rev), text.encode())
+            record = text.encode()
         else:  # the record's own JSON, plus one last field
             carried = base64.b64encode(pending).decode()
-            self.store.put(meta_key(sha, rev), f'{text[:-1]},"{INLINE_FIELD}":"{carried}"}}'.encode())
-        return rev, text
+            record = f'{text[:-1]},"{INLINE_FIELD}":"{carried}"}}'.encode()
+        if to_segments:
+            return rev, text, self._append(sha, rev, record)
+        self.store.put(meta_key(sha, rev), record)
+        return rev, text, False
+
+    def writes_segments(self) -> bool:
+        """Whether this process writes commit records to segments (decided once per run, see ``__init__``)."""
+        if self._to_segments is None:
+            wanted = os.environ.get(SEGMENTS_ENV, "").strip() not in ("", "0")
+            if not wanted:
+                info = self.read_experiment()
+                wanted = info is not None and info["format"] >= SEGMENT_FORMAT
+            self._to_segments = wanted
+        return self._to_segments
+
+    def _append(self, sha: str, rev: str, record: bytes) -> bool:
+        """Append ``record`` to this process's segment; True if it waits in a batch (object stores)."""
+        with self._writer_lock:
+            if self._writer is None:
+                info = self.read_experiment()
+                if info is not None and info["format"] < SEGMENT_FORMAT:
+                    self.write_experiment({**info, "format": SEGMENT_FORMAT})
+                self._writer = seglog.open_writer(self.store, on_flush=self._flushed)
+            writer = self._writer
+        if isinstance(writer, seglog.BatchSegmentWriter):
+            self._unflushed[sha] = (rev, record)  # readable here, and its lease held, until written
+            try:
+                writer.append(record, key=sha, rev=rev)
+            except BaseException:
+                self._unflushed.pop(sha, None)
+                raise
+            return sha in self._unflushed
+        writer.append(record, key=sha, rev=rev)
+        if self._follower is not None:  # (this process's records need no reading back)
+            self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, record))
+        return False
+
+    def _flushed(self, keys: list[str]) -> None:
+        """A batch of records was written (they are committed): their writer leases go."""
+        for sha in keys:
+            self._unflushed.pop(sha, None)
+            self.release(sha)
+
+    def flush(self) -> None:
+        """Commit every record waiting in this process's batch (object stores; local appends are at once)."""
+        writer = self._writer
+        if writer is not None:
+            writer.flush()
+
+    def close(self) -> None:
+        """Flush and close this process's segment writer (a later record opens a new segment)."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def externalize_pickle(self, sha: str) -> None:
         """Give a pickle carried by the first commit record its own file, before that record goes.
@@ -458,7 +583,7 @@ class Records:
     def _inline_pickle(self, sha: str) -> bytes | None:
         """The pickle file's bytes carried by ``sha``'s first commit record (None if it carries none)."""
         key = meta_key(sha, FIRST_REV)
-        payload = _parse_json(self.store.get(key), key).get(INLINE_FIELD)
+        payload = _parse_json(self.record_bytes(sha, FIRST_REV), key).get(INLINE_FIELD)
         if payload is None:
             return None
         try:
@@ -596,7 +721,7 @@ class Records:
             raw = None
         with paused_gc():
             index = SlimIndex.parse(self, raw)
-        if index.lazy and index.lists(names):
+        if index.lazy and not self.segment_records() and index.lists(names):
             return index
         listing = self.committed(names)  # other files in meta/, or a leftover older revision
         if index.lazy and index.matches(listing):
@@ -638,489 +763,6 @@ class Records:
             self.store.put(INDEX_KEY, text)
         except OSError:
             pass  # the index is an optimisation; the records are the truth
-
-
-# ---- the index file ---------------------------------------------------------------
-#
-# index.json is one JSON object, written as
-#
-#   {"format":"F+index2","states":{sha:{"rev":R,"at":N},...},
-#    "columns":{"properties":[P,...],"parent":[...],"depth":[...],"p":[...],"tags":[[...],...],
-#               "sources":[S,...],"src":[...]},
-#    "metas":[META,...]}
-#
-# States are in tree order (depth, then creation). "columns" hold, in that
-# order, what browsing needs: the parent's place (-1 for a root, -2 when the
-# parent is not indexed), the depth, the root properties (a place in the table
-# of distinct ones) and the tags; then what a cached rerun needs: the recorded
-# source hash of the recipe that made the state (a place in the table of
-# distinct ones, -1 for none; optional, as indexes written before it lack it).
-# "at" is where the state's full metadata
-# starts, counted from just after "metas":[ (the text is ASCII, so characters
-# and bytes agree). Opening an experiment parses the head only and decodes a
-# state's metadata on first use; a decoded record must name its state and
-# revision, else the meta record itself is read. A file in any other shape
-# (edited, reformatted, an older layout) is read as plain JSON and rewritten.
-# "format" is not the plain format number, so that a dagger that only knows the
-# first layout (full metadata per state) ignores this file and rebuilds it.
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects that all stay alive.
-
-    Each collection on the way would scan them again for nothing (a third of
-    the time of opening a 10,000-state experiment). It runs again afterwards,
-    unless it was off already.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-@contextmanager
-def long_lived_build() -> Iterator[None]:
-    """Build many objects that all live until the run ends: collector paused, then none of them scanned.
-
-    Afterwards they go straight to the oldest generation (``gc.freeze`` then
-    ``gc.unfreeze``: two list splices). Left young, the collector would scan all
-    of them in each younger generation and then count them towards a full
-    collection (in a cold run of 2,000 states, 55 ms: a tenth of the run).
-    Nothing is pinned: any full collection (a recipe's ``gc.collect()``) still
-    scans them. Young garbage made before is collected first, as it soon would
-    have been. Skipped when the process uses ``gc.freeze`` itself.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.collect(0)
-    with paused_gc():
-        yield
-        if not gc.get_freeze_count():  # (a build that raised leaves its objects young)
-            gc.freeze()
-            gc.unfreeze()
-
-
-_INDEX_FORMAT = f"{FORMAT_VERSION}+index2"
-_INDEX_HEAD = f'{{"format":"{_INDEX_FORMAT}","states":'
-_DECODER = json.JSONDecoder()
-_METAS_START = b',"metas":['
-_NO_PARENT = -1
-_UNINDEXED_PARENT = -2
-
-
-def recorded_source(meta: dict[str, Any]) -> str | None:
-    """The source hash of the recipe that made a state, as its metadata records it (None if none)."""
-    recipe = meta.get("recipe")
-    source = recipe.get("source") if type(recipe) is dict else None
-    return source if type(source) is str and source else None
-
-
-_first = operator.itemgetter(0)
-
-# One state of the index as the writer needs it: (order, sha, rev, depth, parent sha, root
-# properties, tags, recipe source hash, the state's metadata as JSON text).
-_Row = tuple[Any, str, Any, Any, Any, Any, Any, "str | None", str]
-
-
-def _meta_row(meta: dict[str, Any], written: dict[str, tuple[str, str]], order: Any) -> _Row:
-    sha, rev = meta["sha"], meta.get("rev")
-    known = written.get(sha)
-    if known is not None and known[0] == rev and len(known[1]) > 2:
-        text = f'{known[1][:-1]},"rev":"{rev}"}}'
-    else:
-        text = _JSON.encode(meta)
-    depth = meta.get("depth", 0)
-    return (order, sha, rev, depth, meta.get("parent"), meta.get("properties"), meta.get("tags") or [], recorded_source(meta), text)
-
-
-def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> bytes:
-    """The text of ``index.json`` for these metadata records (see the layout above).
-
-    ``written`` maps a sha to ``(rev, text)``, the JSON of its commit record as just written
-    (without its rev): a record of the same rev is embedded from that text, not encoded again.
-    """
-    written = written or {}
-    with paused_gc():
-        rows = [_meta_row(m, written, (m.get("depth", 0), m.get("created", 0))) for m in metas]
-        return _index_text(rows)
-
-
-def _index_text(rows: list[_Row]) -> bytes:
-    encode = _JSON.encode
-    rows.sort(key=_first)
-    place = {row[1]: i for i, row in enumerate(rows)}
-    table: dict[str, int] = {}
-    states: dict[str, dict[str, Any]] = {}
-    parent: list[int] = []
-    depth: list[Any] = []
-    props: list[int] = []
-    tags: list[Any] = []
-    parts: list[str] = []
-    offset = 0
-    last: Any = object()
-    p = 0
-    sources: dict[str, int] = {}
-    src: list[int] = []
-    for _, sha, rev, level, up, root, labels, source, text in rows:
-        states[sha] = {"rev": rev, "at": offset}
-        parent.append(_NO_PARENT if up is None else place.get(up, _UNINDEXED_PARENT))
-        depth.append(level)
-        if root is not last and root != last:  # states of one tree share their root's properties
-            p = table.setdefault(encode(root), len(table))
-            last = root
-        props.append(p)
-        tags.append(labels)
-        src.append(-1 if source is None else sources.setdefault(source, len(sources)))
-        parts.append(text)
-        offset += len(text) + 1  # and the comma
-    columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags, "sources": list(sources), "src": src})
-    head = f'{_INDEX_HEAD}{encode(states)},"columns":{{"properties":[{",".join(table)}],{columns[1:]},"metas":['
-    return (head + ",".join(parts) + "]}").encode()
-
-
-def _ints(column: Any, n: int, low: int, high: int) -> bool:
-    """Whether ``column`` is a list of ``n`` ints in ``[low, high)``."""
-    if type(column) is not list or len(column) != n:
-        return False
-    return not n or (set(map(type, column)) == {int} and low <= min(column) and max(column) < high)
-
-
-def _describes(meta: Any, sha: str, rev: Any) -> bool:
-    """Whether ``meta`` (decoded from the index) is the metadata of ``sha`` at revision ``rev``."""
-    return type(meta) is dict and meta.get("sha") == sha and meta.get("rev") == rev and meta_problem(meta) is None
-
-
-class SlimIndex:
-    """Every state of an experiment, with each state's full metadata decoded on demand.
-
-    ``lazy``: parsed from an up-to-date index file; ``shas`` lists the states
-    in tree order and the columns (``parent``, ``depth``, ``p``, ``tags``,
-    ``properties``) hold what browsing needs, in the same order. Otherwise
-    ``decoded`` holds every state's full metadata. :meth:`meta` gives one
-    state's full metadata, :meth:`entry` its browsing fields.
-    """
-
-    def __init__(self, records: Records) -> None:
-        self.records = records
-        self.lazy = False
-        self.states: dict[str, dict[str, Any]] = {}  # from the file: {"rev", "at"} by hash
-        self.shas: list[str] = []
-        self.properties: list[Any] = []
-        self.parent: list[int] = []
-        self.depth: list[int] = []
-        self.p: list[int] = []
-        self.tags: list[list[str]] = []
-        self.sources: list[str] = []
-        self.src: list[int] | None = None  # absent from indexes written before it
-        self.decoded: dict[str, dict[str, Any]] = {}
-        self._raw = b""
-        self._text = ""
-        self._base = 0
-        self._place: dict[str, int] | None = None
-
-    @classmethod
-    def of(cls, metas: dict[str, dict[str, Any]], records: Records) -> SlimIndex:
-        """An index of metadata already in memory."""
-        index = cls(records)
-        index.decoded = dict(metas)
-        return index
-
-    @classmethod
-    def parse(cls, records: Records, raw: bytes | None) -> SlimIndex:
-        """The index in ``raw`` (the bytes of index.json); empty when it is missing or unreadable."""
-        index = cls(records)
-        if not raw:
-            return index
-        if raw.startswith(_INDEX_HEAD.encode()):
-            try:
-                if index._parse_head(raw):
-                    return index
-            except (ValueError, TypeError):
-                pass
-            index = cls(records)  # damaged after its head: read it as plain JSON
-        try:
-            index._parse_any(raw.decode())
-        except UnicodeDecodeError:
-            pass
-        return index
-
-    def _parse_head(self, raw: bytes) -> bool:
-        # The head ends where the metadata starts: that text cannot occur earlier, as JSON escapes
-        # every quote inside a string. Only the head is decoded now; the rest on first use.
-        end = raw.find(_METAS_START)
-        if end < 0 or not raw.endswith(b"]}"):
-            return False
-        text = raw[:end].decode() + _METAS_START.decode()
-        states, pos = _DECODER.raw_decode(text, len(_INDEX_HEAD))
-        if not text.startswith(',"columns":', pos):
-            return False
-        columns, pos = _DECODER.raw_decode(text, pos + 11)
-        if pos != end:
-            return False
-        if type(states) is not dict or type(columns) is not dict or set(map(type, states.values())) - {dict}:
-            return False
-        n = len(states)
-        props, tags = columns.get("properties"), columns.get("tags")
-        if not (
-            type(props) is list
-            and type(tags) is list
-            and len(tags) == n
-            and not set(map(type, tags)) - {list}
-            and all(type(t) is str for labels in tags for t in labels)
-            and _ints(columns.get("parent"), n, _UNINDEXED_PARENT, n)
-            and _ints(columns.get("depth"), n, 0, 1 << 62)
-            and _ints(columns.get("p"), n, 0, len(props))
-        ):
-            return False
-        self.states = states
-        self.shas = list(states)
-        self.properties = props
-        self.parent, self.depth, self.p, self.tags = columns["parent"], columns["depth"], columns["p"], tags
-        sources, src = columns.get("sources"), columns.get("src")
-        if type(sources) is list and not set(map(type, sources)) - {str} and _ints(src, n, -1, len(sources)):
-            self.sources, self.src = sources, src
-        self._raw = raw
-        self._base = end + len(_METAS_START)
-        self.lazy = True
-        return True
-
-    def _parse_any(self, text: str) -> None:
-        """Any other shape of the file: plain JSON, this layout or the first (full metadata per state)."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return
-        if type(data) is not dict or type(data.get("states")) is not dict:
-            return
-        if data.get("format") == _INDEX_FORMAT:
-            metas = data.get("metas")
-        elif data.get("format") == FORMAT_VERSION:  # the first layout
-            metas = list(data["states"].values())
-        else:
-            return
-        if type(metas) is not list:
-            return
-        for (sha, entry), meta in zip(data["states"].items(), metas, strict=False):
-            if type(entry) is dict and _describes(meta, sha, entry.get("rev")):
-                self.decoded[sha] = meta
-
-    def matches(self, listing: dict[str, str]) -> bool:
-        """Whether the index holds exactly these states at these revisions."""
-        if len(listing) != len(self.states):
-            return False
-        get = listing.get
-        return all(get(sha) == entry.get("rev") for sha, entry in self.states.items())
-
-    def lists(self, names: list[str]) -> bool:
-        """Whether the index holds exactly the states and revisions that these ``meta/`` file names do."""
-        if len(names) != len(self.states):
-            return False
-        return set(names) == {f"{sha}.{entry.get('rev')}.json" for sha, entry in self.states.items()}
-
-    def __len__(self) -> int:
-        return len(self.shas) if self.lazy else len(self.decoded)
-
-    def __contains__(self, sha: object) -> bool:
-        return sha in (self.states if self.lazy else self.decoded)
-
-    def _position(self, sha: str) -> int:
-        if self._place is None:
-            self._place = {s: i for i, s in enumerate(self.shas)}
-        return self._place[sha]
-
-    def source(self, sha: str) -> str | None:
-        """The recorded source hash of the recipe that made ``sha`` (from the column, else its metadata)."""
-        if self.lazy and self.src is not None and sha not in self.decoded:
-            k = self.src[self._position(sha)]
-            return None if k < 0 else self.sources[k]
-        return recorded_source(self.meta(sha))
-
-    def meta(self, sha: str) -> dict[str, Any]:
-        """The full metadata of state ``sha``, decoded once (or read from its record)."""
-        meta = self.decoded.get(sha)
-        if meta is None:
-            entry = self.states[sha]
-            meta = self._from_text(sha, entry) or self._from_record(sha, entry.get("rev"))
-            self.decoded[sha] = meta
-        return meta
-
-    def entry(self, sha: str) -> dict[str, Any]:
-        """What browsing reads of a state (``parent``, ``depth``, ``tags``), without decoding it."""
-        if not self.lazy or sha in self.decoded:
-            return self.meta(sha)
-        i = self._position(sha)
-        up = self.parent[i]
-        if up == _UNINDEXED_PARENT:
-            return self.meta(sha)
-        return {"parent": None if up < 0 else self.shas[up], "depth": self.depth[i], "tags": self.tags[i]}
-
-    def spliced_rows(self, skip: set[str]) -> tuple[list[_Row], list[str]]:
-        """Index rows for the states not in ``skip``, their metadata taken as text from this file.
-
-        Each state's text is checked to start as its own record does (format and hash) and
-        to end where the next begins; the hashes whose text or columns do not serve are
-        returned apart, for their metadata to be decoded. Order: depth, then place here.
-        """
-        if not self.lazy or self.src is None:
-            return [], [sha for sha in self.shas if sha not in skip]
-        text = self._decoded_text()
-        base, n = self._base, len(self.shas)
-        starts: list[Any] = [entry.get("at") for entry in self.states.values()]
-        rows: list[_Row] = []
-        rest: list[str] = []
-        shas, parent, depth, props, p, tags, sources, src = (
-            self.shas, self.parent, self.depth, self.properties, self.p, self.tags, self.sources, self.src
-        )
-        for i, sha in enumerate(shas):
-            if sha in skip:
-                continue
-            at = starts[i]
-            following = len(text) - 1 - base if i == n - 1 else starts[i + 1]  # after "]" or ","
-            end = base + following - 1 if type(following) is int else -1
-            up = parent[i]
-            if (
-                type(at) is not int
-                or up == _UNINDEXED_PARENT
-                or not text.startswith(f'{{"format":{FORMAT_VERSION},"sha":"{sha}"', base + at)
-                or text[end - 1 : end + 1] not in ("},", "}]")
-            ):
-                rest.append(sha)
-                continue
-            k = src[i]
-            rows.append(
-                (
-                    (depth[i], 0, i),
-                    sha,
-                    self.states[sha].get("rev"),
-                    depth[i],
-                    None if up < 0 else shas[up],
-                    props[p[i]],
-                    tags[i],
-                    None if k < 0 else sources[k],
-                    text[base + at : end],
-                )
-            )
-        return rows, rest
-
-    def all_meta(self) -> dict[str, dict[str, Any]]:
-        """Every state's full metadata, by hash (the undecoded ones decoded in one pass)."""
-        if not self.lazy:
-            return dict(self.decoded)
-        decoded = self.decoded
-        if len(decoded) < len(self.shas):
-            try:
-                metas, _ = _DECODER.raw_decode(self._decoded_text(), self._base - 1)
-            except ValueError:
-                metas = []
-            for (sha, entry), meta in zip(self.states.items(), metas if type(metas) is list else [], strict=False):
-                if sha not in decoded and _describes(meta, sha, entry.get("rev")):
-                    decoded[sha] = meta
-        return {sha: self.meta(sha) for sha in self.shas}
-
-    def _from_text(self, sha: str, entry: dict[str, Any]) -> dict[str, Any] | None:
-        at = entry.get("at")
-        if not (self._raw or self._text) or type(at) is not int or at < 0:
-            return None
-        try:
-            text = self._decoded_text()
-            meta, end = _DECODER.raw_decode(text, self._base + at)
-        except ValueError:  # UnicodeDecodeError included
-            return None
-        if text[end : end + 1] not in (",", "]") or not _describes(meta, sha, entry.get("rev")):
-            return None
-        return meta
-
-    def _decoded_text(self) -> str:
-        """The whole index as text (decoded on first use; ASCII, so offsets in bytes hold)."""
-        if not self._text:
-            self._text = self._raw.decode()
-            self._raw = b""
-        return self._text
-
-    def _from_record(self, sha: str, rev: Any) -> dict[str, Any]:
-        try:
-            return self.records.read_meta(sha, str(rev))
-        except FileNotFoundError:
-            newest = self.records.committed().get(sha)
-            if newest is None:
-                msg = f"state {sha[:12]} was removed from the store after the experiment was opened"
-                raise StateNotFoundError(msg) from None
-            return self.records.read_meta(sha, newest)
-
-
-class StoredMetas:
-    """The committed states' metadata for one run, decoded from the index only where needed.
-
-    A fully cached rerun asks only which states exist, their tags and the
-    recorded source hashes of their recipes, which the index's columns hold;
-    a state's full metadata is decoded when a run needs it (to compute or
-    evaluate the state, or to rewrite the index).
-    """
-
-    def __init__(self, index: SlimIndex) -> None:
-        self.index = index
-        self.added: dict[str, dict[str, Any]] = {}
-
-    def __contains__(self, sha: object) -> bool:
-        return sha in self.added or sha in self.index
-
-    def get(self, sha: str, default: Any = None) -> Any:
-        meta = self.added.get(sha)
-        if meta is not None:
-            return meta
-        return self.index.meta(sha) if sha in self.index else default
-
-    def __getitem__(self, sha: str) -> dict[str, Any]:
-        meta = self.get(sha)
-        if meta is None:
-            raise KeyError(sha)
-        return meta  # type: ignore[no-any-return]
-
-    def __setitem__(self, sha: str, meta: dict[str, Any]) -> None:
-        self.added[sha] = meta
-
-    def tags(self, sha: str) -> list[str]:
-        meta = self.added.get(sha)
-        return list((meta if meta is not None else self.index.entry(sha)).get("tags") or [])
-
-    def source(self, sha: str) -> str | None:
-        """The recorded source hash of the recipe that made ``sha`` (None if none, or not stored)."""
-        meta = self.added.get(sha)
-        if meta is not None:
-            return recorded_source(meta)
-        return self.index.source(sha) if sha in self.index else None
-
-    def values(self) -> Iterable[dict[str, Any]]:
-        """Every state's full metadata (all decoded)."""
-        metas = self.index.all_meta()
-        metas.update(self.added)
-        return metas.values()
-
-    def index_bytes(self, written: dict[str, tuple[str, str]]) -> bytes:
-        """The new index: states whose metadata did not change are copied from the old one as text.
-
-        Adding a few states to a large experiment then neither decodes nor encodes the
-        metadata of the others. Changed states (added, or given a new revision by this
-        run) are written from their metadata, as :func:`index_bytes` does.
-        """
-        index = self.index
-        if not index.lazy:
-            return index_bytes(self.values(), written)
-        changed = set(self.added)
-        changed.update(sha for sha, meta in index.decoded.items() if meta.get("rev") != index.states[sha].get("rev"))
-        with paused_gc():
-            rows, rest = index.spliced_rows(changed)
-            for sha in rest + sorted(changed):  # sorted: the same index whatever the set's order
-                meta = self.get(sha)
-                level = meta.get("depth", 0)
-                order = (level, 0, index._position(sha)) if sha in index else (level, 1, meta.get("created", 0))
-                rows.append(_meta_row(meta, written, order))
-            return _index_text(rows)
 
 
 def _unpack(

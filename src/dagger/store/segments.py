@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -294,13 +294,22 @@ class BatchSegmentWriter:
     run. A failed PUT keeps the batch, raises, and is retried by the next flush.
     """
 
-    def __init__(self, store: Store, max_records: int = 1000, max_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_records: int = 1000,
+        max_delay: float = 5.0,
+        on_flush: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.store = store
+        #: Called with the keys of the records a flush committed, once their object is written.
+        self.on_flush = on_flush
         self.max_records = max_records
         self.max_delay = max_delay
         self.name = writer_name()
         self.objects = 0  # segment objects written
         self._pending: list[bytes] = []
+        self._keys: list[str] = []
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self._error: BaseException | None = None
@@ -308,13 +317,13 @@ class BatchSegmentWriter:
 
     def append(self, payload: bytes | bytearray | memoryview, key: str, rev: str) -> None:
         """Queue one record; it is committed at the next flush (by count, time, ``flush`` or ``close``)."""
-        self._add(encode_frame(RECORD, key, rev, payload))
+        self._add(encode_frame(RECORD, key, rev, payload), key)
 
     def delete(self, key: str, rev: str) -> None:
         """Queue a tombstone (see :meth:`SegmentWriter.delete`)."""
-        self._add(encode_frame(DELETE, key, rev))
+        self._add(encode_frame(DELETE, key, rev), key)
 
-    def _add(self, frame: bytes) -> None:
+    def _add(self, frame: bytes, key: str) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("this segment writer is closed")
@@ -322,6 +331,7 @@ class BatchSegmentWriter:
                 error, self._error = self._error, None
                 raise error
             self._pending.append(frame)
+            self._keys.append(key)
             if len(self._pending) >= self.max_records:
                 self._flush()
             elif self._timer is None and self.max_delay > 0:
@@ -353,7 +363,9 @@ class BatchSegmentWriter:
         data = b"".join(frames) + _seal_frame(len(frames))
         self.store.put(f"{FOLDER}/{self.name}-{self.objects:08x}{SUFFIX}", data)
         self.objects += 1
-        self._pending = []
+        keys, self._pending, self._keys = self._keys, [], []
+        if self.on_flush is not None:
+            self.on_flush(keys)
 
     def close(self) -> None:
         """Flush what waits, then refuse further records; idempotent."""
@@ -371,12 +383,16 @@ class BatchSegmentWriter:
 
 
 def open_writer(
-    store: Store, fsync: bool = False, max_records: int = 1000, max_delay: float = 5.0
+    store: Store,
+    fsync: bool = False,
+    max_records: int = 1000,
+    max_delay: float = 5.0,
+    on_flush: Callable[[list[str]], None] | None = None,
 ) -> SegmentWriter | BatchSegmentWriter:
     """The writer for ``store``: appends to a file of its own in a local folder, batches objects elsewhere."""
     if isinstance(store, LocalStore):
         return SegmentWriter(store, fsync=fsync or store.fsync)
-    return BatchSegmentWriter(store, max_records=max_records, max_delay=max_delay)
+    return BatchSegmentWriter(store, max_records=max_records, max_delay=max_delay, on_flush=on_flush)
 
 
 # ---- readers -------------------------------------------------------------------------------------
@@ -439,6 +455,98 @@ def latest(store: Store) -> dict[str, SegmentRecord]:
 def newest(records: Any) -> dict[str, SegmentRecord]:
     """Of ``records``, the one with the highest revision per key; keys whose newest is a tombstone dropped."""
     return {k: r for k, r in newest_all(records).items() if not r.deleted}
+
+
+class Follower:
+    """The newest record of each key across all segments, kept up to date by reading only what is new.
+
+    Segments only grow (a local writer appends) or appear whole (batches, compactions),
+    so :meth:`refresh` reads a segment it has not seen in full, and of a local segment
+    that is not sealed only the bytes past the last whole frame it read. A segment that
+    vanished (compacted, or removed) makes it read everything again, so a tombstone that
+    compaction dropped together with its record cannot leave a stale record here.
+    Tombstones are kept in :attr:`records` (``deleted``); :meth:`live` leaves them out.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.records: dict[str, SegmentRecord] = {}
+        self.torn: dict[str, int] = {}  # segment name -> bytes after its last whole frame (at the last read)
+        self._seen: dict[str, tuple[int, bool]] = {}  # name -> (whole bytes read, sealed)
+        self._own: set[str] = set()  # segments this process appends to: told each record (see note)
+        self._lock = threading.Lock()
+
+    def note(self, segment: str, record: SegmentRecord) -> None:
+        """A record this process just appended to ``segment``: kept without reading the segment back.
+
+        Once read in full, this process's own segment is not read again (what it appends is noted here),
+        so a writer's own records cost no read; another process's are read from their segments.
+        """
+        with self._lock:
+            self._own.add(segment)
+            if segment in self._seen:
+                known = self.records.get(record.key)
+                if known is None or record.rev > known.rev:
+                    self.records[record.key] = record
+
+    def refresh(self) -> dict[str, SegmentRecord]:
+        """Read what is new in ``segments/``; return :attr:`records` (tombstones included)."""
+        with self._lock:
+            for _ in range(8):
+                if self._refresh():
+                    break
+            return self.records
+
+    def live(self) -> dict[str, SegmentRecord]:
+        """The newest record of each key that is not deleted (after a :meth:`refresh`)."""
+        return {k: r for k, r in self.refresh().items() if not r.deleted}
+
+    def _refresh(self) -> bool:
+        names = _segment_names(self.store)
+        if any(name not in names for name in self._seen):
+            self._reset()
+        local = isinstance(self.store, LocalStore)
+        records = self.records
+        for name in names:
+            seen = self._seen.get(name)
+            if seen is not None and (seen[1] or not local or name in self._own):
+                continue  # sealed, an immutable object, or this process's own (noted): read in full already
+            offset = 0 if seen is None else seen[0]
+            try:
+                data = _read(self.store, name) if offset == 0 else _read_from(self.store, name, offset)
+            except FileNotFoundError:
+                self._reset()
+                return False  # compacted meanwhile: the new segment is in place, list again
+            scan = decode_segment(data)
+            with _collector_paused():
+                for record in scan.records:
+                    known = records.get(record.key)
+                    if known is None or record.rev > known.rev:
+                        records[record.key] = record
+            self._seen[name] = (offset + scan.whole_bytes, scan.sealed)
+            if scan.torn_bytes:
+                self.torn[name] = scan.torn_bytes
+            else:
+                self.torn.pop(name, None)
+        return True
+
+    def _reset(self) -> None:
+        self.records = {}
+        self.torn = {}
+        self._seen = {}
+
+    def tag(self) -> list[str]:
+        """What the segments hold now, as short strings that change whenever a record is added."""
+        self.refresh()
+        return [f"{FOLDER}/{name}@{seen[0]}" for name, seen in sorted(self._seen.items())]
+
+
+def _read_from(store: Store, name: str, offset: int) -> bytes:
+    """A local segment's bytes from ``offset`` on (a segment only grows: earlier bytes never change)."""
+    assert isinstance(store, LocalStore)
+    with open(os.path.join(store.root, FOLDER, name), "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 # ---- compaction ------------------------------------------------------------------------------------
@@ -532,6 +640,23 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
             os.close(guard)
 
 
+def write_records(store: Store, records: Any, fsync: bool = True) -> str:
+    """Write ``(key, rev, payload)`` records as one sealed, immutable segment; return its name.
+
+    Written like a compaction's output (hidden name, flushed, renamed into place; one PUT on
+    object stores), so it is there whole or not at all. Used to move records in (``dagger migrate``).
+    """
+    data = bytearray()
+    count = 0
+    for key, rev, payload in records:
+        data += encode_frame(RECORD, key, rev, payload)
+        count += 1
+    data += _seal_frame(count)
+    name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
+    _put_durably(store, name, data, fsync)
+    return name
+
+
 def newest_all(records: Any) -> dict[str, SegmentRecord]:
     """The highest revision per key, tombstones included (for compaction)."""
     out: dict[str, SegmentRecord] = {}
@@ -549,6 +674,7 @@ def _put_durably(store: Store, name: str, data: bytes | bytearray, fsync: bool) 
         store.put(f"{FOLDER}/{name}", data)  # one request: the object is there whole or not at all
         return
     folder = os.path.join(store.root, FOLDER)
+    os.makedirs(folder, exist_ok=True)
     hidden = os.path.join(folder, f".{name}.open")
     fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:

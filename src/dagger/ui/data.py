@@ -29,7 +29,9 @@ from dagger.drawing import node_specs, status_of
 from dagger.drawing.layout import layout
 from dagger.errors import NotAnExperimentError
 from dagger.graph import StaticExperimentTree, flat_results, state_row
-from dagger.store.records import INDEX_KEY, SlimIndex, paused_gc
+from dagger.store.gctune import paused_gc
+from dagger.store.index import SlimIndex
+from dagger.store.layout import INDEX_KEY
 
 #: The page's data format; bumped when the page would misread older data.
 DATA_FORMAT = 1
@@ -69,7 +71,7 @@ class Source:
         return self.given
 
     def _listings(self) -> tuple[list[str], list[str]]:
-        names = self.records._meta_names()
+        names = self.records._meta_names() + self.records.segments_tag()  # (committed() reads segments itself)
         try:
             failed = sorted(k.rsplit("/", 1)[-1] for k in self.store.list("failed"))
         except OSError:

@@ -1,0 +1,230 @@
+"""The store on segments: runs write commit records to append-only segments; every reader reads both layouts.
+
+Experiments run as real ``__main__`` scripts (``migratedefs.py``) in real
+interpreters, with ``DAGGER_SEGMENTS=1`` (write segments) or without (write
+``meta/`` files, as before); ``tests/data/store_v2`` is a store made by main's
+code before segments existed, opened, extended and migrated here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dagger.store import LocalStore
+from dagger.store import segments as sg
+from dagger.store.layout import SEGMENT_FORMAT, SEGMENTS_ENV
+from dagger.store.maintenance import gc, verify
+from dagger.store.records import Records
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "migratedefs.py")
+OLD_STORE = os.path.join(HERE, "data", "store_v2")
+SRC = os.path.join(os.path.dirname(HERE), "src")
+
+
+def _env(segments: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != SEGMENTS_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, HERE])
+    env["DAGGER_PROGRESS"] = "0"
+    if segments:
+        env[SEGMENTS_ENV] = "1"
+    return env
+
+
+def _script(directory: str, mode: str, segments: bool = False) -> str:
+    out = subprocess.run(
+        [sys.executable, SCRIPT, directory, mode], capture_output=True, text=True, env=_env(segments), timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _summary(directory: str) -> dict[str, dict]:
+    return json.loads(_script(directory, "summary"))
+
+
+def _meta_files(directory: str) -> list[str]:
+    folder = os.path.join(directory, "meta")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _segment_files(directory: str) -> list[str]:
+    folder = os.path.join(directory, sg.FOLDER)
+    return sorted(n for n in os.listdir(folder) if n.endswith(sg.SUFFIX)) if os.path.isdir(folder) else []
+
+
+def _format(directory: str) -> int:
+    with open(os.path.join(directory, "experiment.json"), "rb") as f:
+        return json.loads(f.read())["format"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dagger.cli", *args], capture_output=True, text=True, env=_env(False), timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def file_truth(tmp_path_factory):
+    """The same experiment written in the old layout by today's code: what every layout must read back."""
+    directory = str(tmp_path_factory.mktemp("files") / "exp")
+    _script(directory, "make")
+    assert _meta_files(directory) and not _segment_files(directory)
+    return _summary(directory)
+
+
+def test_a_run_writes_its_records_to_a_segment_and_reads_back_what_files_held(tmp_path, file_truth):
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    assert _meta_files(directory) == []  # no file per state
+    assert len(_segment_files(directory)) == 2  # one per writer process (two runs)
+    assert _format(directory) == SEGMENT_FORMAT  # an older dagger refuses the folder instead of missing states
+    assert _summary(directory) == file_truth  # same states, tags (newest revision wins), results, pickles, blobs
+    records = Records(LocalStore(directory))
+    report = verify(records)
+    assert report.ok, str(report)
+    assert report.states == len(file_truth) == 6
+    # The re-tagged state has two records in segments (first and newer); the newest is read.
+    assert sum(len(scan.records) for _, scan in sg.scan_segments(records.store)) == 7
+
+
+def test_gc_keeps_every_blob_a_segment_record_needs_and_compacts(tmp_path, file_truth):
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    store = LocalStore(directory)
+    junk = os.path.join(directory, "blobs", "ab", "ab" + "0" * 62)
+    os.makedirs(os.path.dirname(junk))
+    with open(junk, "wb") as f:
+        f.write(b"unreferenced")
+    report = gc(Records(store))
+    assert report.removed["blobs"] == ["blobs/ab/ab" + "0" * 62]  # the only blob no record lists
+    assert report.compacted == 1  # the re-tagged state's first record, superseded
+    assert len(_segment_files(directory)) == 1 and _segment_files(directory)[0].startswith("c-")
+    assert _summary(directory) == file_truth
+    assert verify(Records(store)).ok
+
+
+def test_a_torn_tail_is_ignored_and_the_next_run_writes_what_it_lost(tmp_path, file_truth):
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    # The second run's segment holds one record: the re-tagged state's newer revision. Cut it mid-frame.
+    newest = max(_segment_files(directory), key=lambda n: os.path.getmtime(os.path.join(directory, sg.FOLDER, n)))
+    path = os.path.join(directory, sg.FOLDER, newest)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    records = Records(LocalStore(directory))
+    report = verify(records)
+    assert report.ok and any("not a whole record" in n for n in report.notes), str(report)
+    seen = _summary(directory)
+    assert set(seen) == set(file_truth)  # the state is still there, at its first revision
+    assert [s for s in seen if seen[s]["tags"] != file_truth[s]["tags"]] != []  # the "late" tag was lost with it
+    out = json.loads(_script(directory, "extend", segments=True))
+    assert len(out["computed"]) == 2  # only the two new states: the lost tag is a new revision, not a recompute
+    final = _summary(directory)
+    assert {s: v for s, v in final.items() if s in file_truth} == file_truth
+
+
+def _copy_old_store(tmp_path) -> str:
+    directory = str(tmp_path / "old")
+    shutil.copytree(OLD_STORE, directory)
+    return directory
+
+
+def test_a_store_made_by_mains_code_opens_extends_and_migrates(tmp_path, file_truth):
+    directory = _copy_old_store(tmp_path)
+    assert _format(directory) == 2 and len(_meta_files(directory)) == 6 and not _segment_files(directory)
+    before = _summary(directory)  # read lazily as it is (meta/ files, carried pickles, a pickle file, a blob)
+    assert before == file_truth
+    # It runs and grows as it is: new records in the old layout, nothing to do first.
+    out = json.loads(_script(directory, "extend"))
+    assert len(out["computed"]) == 2 and _format(directory) == 2 and len(_meta_files(directory)) == 8
+    grown = _summary(directory)
+    # `dagger migrate` moves every record into one segment and marks the folder.
+    done = _cli("migrate", directory)
+    assert done.returncode == 0, done.stderr
+    assert "8 states' records moved" in done.stdout
+    assert _meta_files(directory) == []
+    assert len(_segment_files(directory)) == 1 and _format(directory) == SEGMENT_FORMAT
+    assert _summary(directory) == grown
+    checked = _cli("verify", directory)
+    assert checked.returncode == 0 and "8 states" in checked.stdout, checked.stdout
+    # Once migrated, runs write segments without being asked (and no meta/ file appears).
+    out = json.loads(_script(directory, "extend"))
+    assert out["computed"] == []
+    assert _meta_files(directory) == [] and _summary(directory) == grown
+    # Migrating again finds nothing to move.
+    again = _cli("migrate", directory)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout
+
+
+def test_a_half_migrated_store_reads_the_newest_revision_from_either_layout(tmp_path, file_truth):
+    """Segment records beside meta/ files (a run with segments on an old store, or a migration cut short)."""
+    directory = _copy_old_store(tmp_path)
+    out = json.loads(_script(directory, "extend", segments=True))  # new records go to a segment
+    assert len(out["computed"]) == 2
+    assert len(_meta_files(directory)) == 6 and len(_segment_files(directory)) == 1
+    seen = _summary(directory)
+    assert len(seen) == 8 and {s: v for s, v in seen.items() if s in file_truth} == file_truth
+    # gc sees the states of both layouts: removes no blob, no pickle, no record any state needs.
+    report = gc(Records(LocalStore(directory)))
+    assert report.removed["blobs"] == [] and report.removed["orphan_pickles"] == []
+    assert _summary(directory) == seen
+
+
+def test_gc_unreachable_writes_a_tombstone_for_a_state_in_a_segment(tmp_path):
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    records = Records(LocalStore(directory))
+    committed = records.committed()
+    # Make one leaf unreachable: a record of a state whose parent is not stored.
+    leaf = next(iter(committed))
+    stray = "f" * 64
+    meta = dict(records.read_meta(leaf, committed[leaf]))
+    meta.pop("rev")
+    meta.update(sha=stray, parent="e" * 64)
+    writer = Records(LocalStore(directory), segments=True)
+    writer.write_meta(meta)
+    writer.close()
+    assert stray in Records(LocalStore(directory)).committed()
+    collector = Records(LocalStore(directory))
+    report = gc(collector, unreachable=True)
+    assert report.removed["unreachable_states"] == [stray]
+    assert stray not in collector.committed()  # the process that wrote the tombstone sees it too
+    assert stray not in Records(LocalStore(directory)).committed()
+    assert set(Records(LocalStore(directory)).committed()) == set(committed)
+
+
+def test_the_explorer_and_the_cli_read_segments_and_see_a_run_that_appends(tmp_path):
+    from dagger.ui.data import Source
+
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    source = Source(directory)
+    version, data = source.snapshot()
+    assert len(data["states"]) == 6
+    assert source.version() == version  # nothing changed: the same tag
+    _script(directory, "extend", segments=True)  # appends two states' records to a new segment
+    assert source.version() != version
+    _, data = source.snapshot()
+    assert len(data["states"]) == 8
+    listed = _cli("ls", directory)
+    assert listed.returncode == 0, listed.stderr
+    assert "8 of 8 states" in listed.stdout
+    seen = _summary(directory)
+    big = next(s for s, v in seen.items() if v["steps"] == [1, 99])  # its pickle has a file of its own
+    small = next(s for s, v in seen.items() if v["steps"] == [3])  # its pickle rides in its segment record
+    for sha in (big, small):
+        assert sha[:10] in listed.stdout
+    shown = _cli("inspect", directory, small[:12], "--json")
+    assert shown.returncode == 0, shown.stderr
+    stored = json.loads(shown.stdout)["stored"]["pickle"]
+    assert stored["where"] == "carried by the commit record" and stored["key"].startswith("segments/")
+    shown = _cli("inspect", directory, big[:12], "--json")
+    assert json.loads(shown.stdout)["stored"]["pickle"]["key"].startswith("states/")
