@@ -228,3 +228,30 @@ def test_the_explorer_and_the_cli_read_segments_and_see_a_run_that_appends(tmp_p
     assert stored["where"] == "carried by the commit record" and stored["key"].startswith("segments/")
     shown = _cli("inspect", directory, big[:12], "--json")
     assert json.loads(shown.stdout)["stored"]["pickle"]["key"].startswith("states/")
+
+
+def test_migrate_in_process_moves_only_what_no_segment_holds_and_leaves_damaged_records(tmp_path, file_truth):
+    """:func:`dagger.store.migrate.migrate` on a half-migrated store with one damaged ``meta/`` record."""
+    from dagger.store.migrate import migrate
+
+    directory = _copy_old_store(tmp_path)
+    json.loads(_script(directory, "extend", segments=True))  # two new states, their records in a segment
+    grown = _summary(directory)
+    sha = "ab" * 32
+    damaged = os.path.join(directory, "meta", f"{sha}.00000000000000000000.json")
+    with open(damaged, "w") as f:
+        f.write("{not json")
+    report = migrate(Records(LocalStore(directory)))
+    assert report.moved == 6  # the six old states; the two in a segment already stay where they are
+    assert report.left == [f"meta/{sha}.00000000000000000000.json"]
+    assert report.removed_files == 6 and _meta_files(directory) == [os.path.basename(damaged)]
+    assert report.compacted == 0 and len(_segment_files(directory)) == 1  # the run's segment and the moved one, merged
+    text = str(report)
+    assert "6 states' records moved" in text and "left in place (unreadable" in text and sha in text
+    assert report.to_dict()["moved"] == 6
+    assert _format(directory) == SEGMENT_FORMAT
+    os.remove(damaged)
+    assert _summary(directory) == grown
+    assert verify(Records(LocalStore(directory))).ok
+    again = migrate(Records(LocalStore(directory)))
+    assert (again.moved, again.removed_files) == (0, 0) and "nothing to migrate" in str(again)
