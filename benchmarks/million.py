@@ -178,6 +178,17 @@ def _disk(folder: str) -> tuple[int, int, int]:
     return files, size, allocated
 
 
+COMPACT = """
+import json, sys, time
+from dagger.store import LocalStore
+from dagger.store.maintenance import gc
+from dagger.store.records import Records
+t = time.perf_counter()
+done = gc(Records(LocalStore(sys.argv[1])))
+print(json.dumps({"compact_s": time.perf_counter() - t, "dropped": done.compacted}))
+"""
+
+
 def store_part(sizes: tuple[int, ...], segments: bool = False) -> dict:
     """The store on ``tree8`` at each size; ``segments``: commit records in segments (DAGGER_SEGMENTS=1)."""
     name = "segstore" if segments else "store"
@@ -226,6 +237,18 @@ def store_part(sizes: tuple[int, ...], segments: bool = False) -> dict:
                 tags["first_query_s"],
                 tags["and_or_s"],
             )
+            if segments:  # after `dagger gc` (it compacts the segments: compressed records)
+                done, peak = _fresh(["-c", COMPACT, folder])
+                out[p + "compact_s"], out[p + "compact_peak_mb"] = done["compact_s"], peak / 2**20
+                _, meta_size, meta_allocated = _disk(os.path.join(folder, "segments"))
+                out[p + "compacted_meta_bytes_per_state"] = meta_size / n
+                out[p + "compacted_meta_allocated_bytes_per_state"] = meta_allocated / n
+                restored, peak = _worker("restore", folder, n)
+                assert restored["states"] == n, restored
+                out[p + "compacted_restore_s"], out[p + "compacted_restore_peak_mb"] = (
+                    restored["restore_s"],
+                    peak / 2**20,
+                )
         with scratch() as folder:
             dask, peak = _worker("dask", folder, n)
             out[p + "dask_run_s"], out[p + "dask_peak_mb"] = dask["run_s"], peak / 2**20

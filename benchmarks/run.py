@@ -337,6 +337,9 @@ def _million_curve(result: dict[str, Any], name: str, sizes: list[int], title: s
         ("files in the folder", "files", 1),
         ("bytes on disk per state (allocated)", "allocated_bytes_per_state", 1),
         ("metadata bytes per state (meta/ or segments/)", "meta_bytes_per_state", 1),
+        ("... once compacted (compressed), bytes per state", "compacted_meta_bytes_per_state", 1),
+        ("`gc` (compacts; rewrites the index), s", "compact_s", 1),
+        ("slim restore after `gc`, s", "compacted_restore_s", 1),
     ):
         cells = []
         for k in sizes:
@@ -346,7 +349,8 @@ def _million_curve(result: dict[str, Any], name: str, sizes: list[int], title: s
             elif value is not None:
                 value = value * factor
             cells.append(_f(value))
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        if any(cells):  # (rows a store does not have, such as compaction for files, are left out)
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -369,6 +373,11 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
             m = max(set(after_sizes) & set(sizes) or after_sizes)  # the before column's size, where measured
             q = f"segstore_{m}_"
             after_meta = f"{_f(result.get(q + 'meta_bytes_per_state'))} B in segments at {m:,} (no file per state)"
+            if result.get(q + "compacted_meta_bytes_per_state") is not None:
+                after_meta += (
+                    f"; {_f(result.get(q + 'compacted_meta_bytes_per_state'))} B once compacted "
+                    "(`dagger gc`, `dagger migrate`: compressed)"
+                )
             afters = [row[2] for row in _million_rows(result, "segstore", [m], after_meta)]
         out += ["| figure | target | before: one file per state | after: records in segments |", "|---|---|---|---|"]
         out += [f"| {label} | {target} | {before} | {after} |" for (label, target, before), after in zip(rows, afters, strict=True)]

@@ -104,10 +104,10 @@ def test_the_index_of_a_run_embeds_the_records_written_without_encoding_them_aga
                 encoded.append(obj)
             return real_encoder.encode(obj)
 
-    def index_bytes(metas, written=None):
+    def index_bytes(metas, written=None, segments=None):
         inside.append(True)
         try:
-            return real_index_bytes(metas, written)
+            return real_index_bytes(metas, written, segments)
         finally:
             inside.clear()
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from dagger.store import LocalStore
+from dagger.store import FsspecStore, LocalStore
 from dagger.store import segments as sg
 from dagger.store.layout import SEGMENT_FORMAT, SEGMENTS_ENV
 from dagger.store.maintenance import gc, verify
@@ -255,3 +255,84 @@ def test_migrate_in_process_moves_only_what_no_segment_holds_and_leaves_damaged_
     assert verify(Records(LocalStore(directory))).ok
     again = migrate(Records(LocalStore(directory)))
     assert (again.moved, again.removed_files) == (0, 0) and "nothing to migrate" in str(again)
+
+
+def test_the_index_keeps_the_segments_fingerprint_and_is_trusted_only_while_it_holds(tmp_path, file_truth, monkeypatch):
+    """Opening an all-segments folder whose segments did not change since the index was written reads no segment."""
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=True)
+    store = LocalStore(directory)
+    fingerprint = sg.fingerprint(store)
+    assert fingerprint is not None and sg.fingerprint(store) == fingerprint  # (stable while nothing changes)
+    records = Records(store)
+    index = records.load_index()
+    assert index.segments == fingerprint and set(records.committed()) == set(file_truth)
+
+    def no_read(*args):
+        raise AssertionError("a segment was read although the index is current")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sg, "_read", no_read)
+        patched.setattr(sg, "_read_from", no_read)
+        opened = Records(store).load_index()
+        assert set(opened.shas) == set(file_truth) and opened.segments == fingerprint
+    # Another writer deletes a state (a tombstone in a segment of its own): the fingerprint changes,
+    # so the index is checked against the records again and the state is gone.
+    gone = next(sha for sha in index.shas if index.entry(sha)["parent"] is not None)
+    with sg.SegmentWriter(store) as writer:
+        writer.delete(gone, "9" * 20)
+    assert sg.fingerprint(store) != fingerprint
+    reopened = Records(store).load_index()
+    assert gone not in reopened and len(reopened) == len(file_truth) - 1
+    reopened_fingerprint = sg.fingerprint(store)
+    assert Records(store).load_index().segments == reopened_fingerprint  # rewritten for the folder as it is now
+    # A meta/ file beside the segments (an older dagger's writer): the fingerprint alone is not trusted.
+    # gc compacts the segments (a new fingerprint, the same records) and writes the index again to keep it.
+    assert gc(Records(store)).compacted == 3 and len(_segment_files(directory)) == 1  # superseded records dropped
+    compacted = sg.fingerprint(store)
+    assert compacted != reopened_fingerprint and Records(store).load_index().segments == compacted
+    assert Records(store)._segments_now() is not None
+    os.makedirs(os.path.join(directory, "meta"), exist_ok=True)
+    with open(os.path.join(directory, "meta", f"{gone}.{'9' * 20}.json"), "w") as f:
+        f.write("{}")
+    assert Records(store)._segments_now() is None
+
+
+def test_a_segment_fingerprint_changes_with_every_append_and_compaction(tmp_path):
+    store = LocalStore(str(tmp_path))
+    assert sg.fingerprint(store) is None  # no segments folder
+    seen = set()
+    with sg.SegmentWriter(store) as writer:
+        for i in range(20):
+            writer.append(b"{}", key=f"k{i}", rev="1")
+            seen.add(sg.fingerprint(store))
+    seen.add(sg.fingerprint(store))  # the seal
+    with sg.SegmentWriter(store) as writer:
+        writer.append(b"{}", key="other", rev="1")
+    seen.add(sg.fingerprint(store))
+    sg.compact(store)
+    seen.add(sg.fingerprint(store))
+    assert len(seen) == 23 and None not in seen
+    assert sg.fingerprint(FsspecStore("memory://fp-" + os.urandom(4).hex())) is None  # object stores: no cheap one
+
+
+def test_states_a_process_just_wrote_to_its_segment_restore_in_that_process(tmp_path, monkeypatch):
+    """Its records are kept without their payload (key and revision only) and read back from the segment."""
+    import migratedefs
+
+    monkeypatch.setenv(SEGMENTS_ENV, "1")
+    directory = str(tmp_path / "exp")
+    exp, *_ = migratedefs.define(directory)
+    exp.run(progress=False)
+    from dagger.execution import process_records
+
+    writer = process_records(exp.runtime)  # the Records this process's tasks wrote with
+    follower = writer._follower
+    assert follower is not None and len(follower._at) == 6  # noted with where their frames start
+    assert all(not follower.records[sha].payload for sha in follower._at)  # not their bytes
+    assert exp.records.load_index().segments == sg.fingerprint(exp.records.store)  # checked without reading back
+    fresh = Records(LocalStore(directory))  # reads every segment
+    for sha, newest in fresh.committed().items():
+        assert writer.record_bytes(sha, newest) == fresh.record_bytes(sha, newest)  # read back from its frame
+    steps = sorted(list(node.restore().steps) for node in exp.graph.nodes)
+    assert steps == [[], [1], [1, 99], [2], [2, 10], [3]]

@@ -252,6 +252,84 @@ def test_compaction_keeps_newest_revisions_drops_superseded_and_a_crash_midway_c
     assert sg.latest(store) == before
 
 
+def test_a_compacted_segment_is_stored_compressed_and_reads_back_the_same(tmp_path):
+    folder = str(tmp_path)
+    store = LocalStore(folder)
+    keys = [f"k{i}" for i in range(400)]
+    for chunk in range(4):
+        _write(store, keys[chunk::4])
+    before = sg.latest(store)
+    report = sg.compact(store)
+    (name,) = _segment_files(folder)
+    with open(os.path.join(folder, sg.FOLDER, name), "rb") as f:
+        stored = f.read()
+    assert stored.startswith(sg.ZMAGIC) and report.bytes_out == len(stored)
+    assert report.bytes_out < report.bytes_in / 2  # the records' JSON packs (these payloads repeat a digest)
+    assert sg.latest(store) == before
+    scan = sg.decode_segment(stored)
+    assert scan.sealed and scan.compressed and scan.torn_bytes == 0 and scan.size == len(stored)
+    # compress=False keeps the frames as they are (what a live segment holds).
+    _write(store, ["extra"])
+    plain = sg.compact(store, compress=False)
+    (name,) = _segment_files(folder)
+    with open(os.path.join(folder, sg.FOLDER, name), "rb") as f:
+        assert f.read(1) == sg.RECORD and plain.bytes_out > report.bytes_out
+    assert sg.latest(store) == {**before, "extra": sg.latest(store)["extra"]}
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+def test_a_damaged_compressed_segment_yields_the_records_before_the_damage(tmp_path, damage):
+    keys = [f"k{i:04d}" for i in range(3000)]
+    frames = b"".join(sg.encode_frame(sg.RECORD, k, REV, os.urandom(64).hex().encode()) for k in keys)
+    stored = bytearray(sg.compress_segment(frames + sg._seal_frame(len(keys))))
+    if damage == "cut":
+        stored = stored[: len(stored) * 2 // 3]
+    else:
+        stored[len(stored) * 2 // 3] ^= 0xFF
+    scan = sg.decode_segment(bytes(stored))
+    assert scan.compressed and not scan.sealed and scan.torn_bytes > 0
+    assert 0 < len(scan.records) < len(keys)  # what came before the damage, each record whole and checked
+    assert [r.key for r in scan.records] == keys[: len(scan.records)]
+    # Read through the store: the follower treats it as immutable and never reads it from an offset.
+    folder = str(tmp_path)
+    os.makedirs(os.path.join(folder, sg.FOLDER))
+    with open(os.path.join(folder, sg.FOLDER, "c-damaged.seg"), "wb") as f:
+        f.write(stored)
+    follower = sg.Follower(LocalStore(folder))
+    assert set(follower.live()) == {r.key for r in scan.records}
+    assert set(follower.live()) == {r.key for r in scan.records}  # a second refresh reads nothing new
+
+
+def test_a_writers_own_new_segment_is_known_from_its_notes_and_never_read_back(tmp_path, monkeypatch):
+    store = LocalStore(str(tmp_path))
+    _write(store, ["old"])  # another writer's segment, there before the follower listed
+    follower = sg.Follower(store)
+    assert set(follower.live()) == {"old"}
+    with sg.SegmentWriter(store) as writer:  # created after that listing: every record of it is noted
+        for key in ("a", "b"):
+            at = writer.append(payload(key), key=key, rev=REV)
+            follower.note(writer.name, sg.SegmentRecord(key, REV, payload(key)), at)
+    assert [r.payload for r in (follower.records["a"], follower.records["b"])] == [b"", b""]  # kept: key and rev
+
+    def no_read(*args):
+        raise AssertionError("this process's own segment was read back")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sg, "_read", no_read)
+        patched.setattr(sg, "_read_from", no_read)
+        assert set(follower.live()) == {"old", "a", "b"}
+    # A payload noted without its bytes is read back from where its frame starts, when asked.
+    assert follower.payload(follower.records["b"]) == payload("b")
+    assert follower.payload(follower.records["old"]) == payload("old")  # (read from its segment: kept)
+    # Compacted away meanwhile: the follower reads everything again and finds it in the new segment.
+    sg.compact(store)
+    assert follower.payload(follower.records["a"]) == payload("a")
+    # A follower that has not listed yet cannot know what the segment held before: it reads it.
+    fresh = sg.Follower(store)
+    fresh.note(writer.name, sg.SegmentRecord("c", REV, payload("c")))  # (not appended: a note alone adds nothing)
+    assert set(fresh.live()) == {"old", "a", "b"}
+
+
 def test_tombstones_survive_a_compaction_that_leaves_a_live_segment(tmp_path):
     store = LocalStore(str(tmp_path))
     live = sg.SegmentWriter(store)

@@ -94,6 +94,13 @@ def take_written(runtime: Runtime) -> dict[str, tuple[str, str]]:
     return recs.take_written() if recs is not None else {}
 
 
+def process_records(runtime: Runtime) -> Records | None:
+    """The Records this process's tasks used for ``runtime``'s store, if any ran here (None otherwise)."""
+    if runtime.store is not None:
+        return runtime.__dict__.get("_records")  # type: ignore[no-any-return]
+    return _RECORDS.get(runtime.records_key())
+
+
 def flush_records(runtime: Runtime) -> None:
     """Commit the records this process's tasks queued for ``runtime``'s store (object-store segment batches)."""
     recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())

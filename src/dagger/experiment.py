@@ -33,6 +33,7 @@ from dagger.execution import (
     forget_recent,
     jsonable,
     keep_written,
+    process_records,
     resolve_scheduler,
     state_task,
     take_written,
@@ -369,7 +370,8 @@ class Experiment:
             if "meta" in rec:
                 stored[rec["sha"]] = rec.pop("meta")
         if graph or tag_updates:
-            self.records.write_index(stored, take_written(self.runtime))
+            # (the Records this process's tasks wrote with knows their records: the index's check reads none back)
+            self.records.write_index(stored, take_written(self.runtime), peer=process_records(self.runtime))
         self._graph = None
         self.last_report = report
         if report.failures and raise_on_failure:

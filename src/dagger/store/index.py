@@ -81,7 +81,17 @@ def _meta_row(meta: dict[str, Any], written: dict[str, tuple[str, str]], order: 
     return (order, sha, rev, depth, meta.get("parent"), meta.get("properties"), meta.get("tags") or [], recorded_source(meta), text)
 
 
-def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, str]] | None = None) -> bytes:
+#: What an index may say it was written for: a fingerprint of the segments folder (see
+#: :func:`dagger.store.segments.fingerprint`) and ``{sha: rev}`` of every committed state read after
+#: it was taken. The index records the fingerprint only when its states are exactly those.
+Segments = tuple[str, dict[str, str]]
+
+
+def index_bytes(
+    metas: Iterable[dict[str, Any]],
+    written: dict[str, tuple[str, str]] | None = None,
+    segments: Segments | None = None,
+) -> bytes:
     """The text of ``index.json`` for these metadata records (see the layout above).
 
     ``written`` maps a sha to ``(rev, text)``, the JSON of its commit record as just written
@@ -90,10 +100,10 @@ def index_bytes(metas: Iterable[dict[str, Any]], written: dict[str, tuple[str, s
     written = written or {}
     with paused_gc():
         rows = [_meta_row(m, written, (m.get("depth", 0), m.get("created", 0))) for m in metas]
-        return _index_text(rows)
+        return _index_text(rows, segments)
 
 
-def _index_text(rows: list[_Row]) -> bytes:
+def _index_text(rows: list[_Row], segments: Segments | None = None) -> bytes:
     encode = _JSON.encode
     rows.sort(key=_first)
     place = {row[1]: i for i, row in enumerate(rows)}
@@ -121,9 +131,19 @@ def _index_text(rows: list[_Row]) -> bytes:
         src.append(-1 if source is None else sources.setdefault(source, len(sources)))
         parts.append(text)
         offset += len(text) + 1  # and the comma
-    columns = encode({"parent": parent, "depth": depth, "p": props, "tags": tags, "sources": list(sources), "src": src})
+    fields: dict[str, Any] = {"parent": parent, "depth": depth, "p": props, "tags": tags, "sources": list(sources), "src": src}
+    if segments is not None and _same_states(states, segments[1]):
+        fields["segments"] = segments[0]  # these states are exactly what the segments held (see SlimIndex.segments)
+    columns = encode(fields)
     head = f'{_INDEX_HEAD}{encode(states)},"columns":{{"properties":[{",".join(table)}],{columns[1:]},"metas":['
     return (head + ",".join(parts) + "]}").encode()
+
+
+def _same_states(states: dict[str, dict[str, Any]], committed: dict[str, str]) -> bool:
+    if len(states) != len(committed):
+        return False
+    get = committed.get
+    return all(get(sha) == entry["rev"] for sha, entry in states.items())
 
 
 def _ints(column: Any, n: int, low: int, high: int) -> bool:
@@ -160,6 +180,9 @@ class SlimIndex:
         self.tags: list[list[str]] = []
         self.sources: list[str] = []
         self.src: list[int] | None = None  # absent from indexes written before it
+        # The segments' fingerprint when this index's states were exactly the committed ones (else None):
+        # while the folder still has that fingerprint (and no meta/ file), the index is current as it is.
+        self.segments: str | None = None
         self.decoded: dict[str, dict[str, Any]] = {}
         self._raw = b""
         self._text = ""
@@ -227,6 +250,8 @@ class SlimIndex:
         sources, src = columns.get("sources"), columns.get("src")
         if type(sources) is list and not set(map(type, sources)) - {str} and _ints(src, n, -1, len(sources)):
             self.sources, self.src = sources, src
+        fingerprint = columns.get("segments")
+        self.segments = fingerprint if type(fingerprint) is str and fingerprint else None
         self._raw = raw
         self._base = end + len(_METAS_START)
         self.lazy = True
@@ -444,7 +469,7 @@ class StoredMetas:
         metas.update(self.added)
         return metas.values()
 
-    def index_bytes(self, written: dict[str, tuple[str, str]]) -> bytes:
+    def index_bytes(self, written: dict[str, tuple[str, str]], segments: Segments | None = None) -> bytes:
         """The new index: states whose metadata did not change are copied from the old one as text.
 
         Adding a few states to a large experiment then neither decodes nor encodes the
@@ -453,7 +478,7 @@ class StoredMetas:
         """
         index = self.index
         if not index.lazy:
-            return index_bytes(self.values(), written)
+            return index_bytes(self.values(), written, segments)
         changed = set(self.added)
         changed.update(sha for sha, meta in index.decoded.items() if meta.get("rev") != index.states[sha].get("rev"))
         with paused_gc():
@@ -463,4 +488,4 @@ class StoredMetas:
                 level = meta.get("depth", 0)
                 order = (level, 0, index._position(sha)) if sha in index else (level, 1, meta.get("created", 0))
                 rows.append(_meta_row(meta, written, order))
-            return _index_text(rows)
+            return _index_text(rows, segments)

@@ -515,9 +515,14 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         # segments rewritten as one, the newest record of each state kept (see dagger.store.segments).
         done = segments.compact(store)
         report.compacted = done.records_in - done.records_out
-    if not dry_run and (doomed or superseded or report.compacted):
+        rewritten = bool(done.merged)  # (a new fingerprint: the index is written again to keep it)
+    else:
+        rewritten = False
+    if not dry_run and (doomed or superseded or report.compacted or rewritten):
         try:
-            records.load_all_meta(on_corrupt=lambda *a: None)  # rewrite the derived index
+            index = records.load_index(on_corrupt=lambda *a: None)  # rewrites the derived index where stale
+            if rewritten:
+                records.keep_fingerprint(index)  # and where only the segments' fingerprint changed
         except (OSError, CorruptRecordError):
             pass
     return report

@@ -111,7 +111,8 @@ def migrate(records: Records) -> MigrateReport:
     report.compacted = done.records_in - done.records_out
     records.forget_recent()
     try:
-        records.load_index(on_corrupt=lambda *a: None)  # rewrite the derived index
+        index = records.load_index(on_corrupt=lambda *a: None)  # rewrite the derived index where stale
+        records.keep_fingerprint(index)  # (the records did not change: the segments' fingerprint did)
     except (OSError, CorruptRecordError):
         pass
     return report

@@ -241,13 +241,13 @@ class Records:
         if self._follower is not None:
             found = self._follower.records.get(sha)
             if found is not None and found.rev == rev and not found.deleted:
-                return found.payload
+                return self._follower.payload(found)
         try:
             return self.store.get(meta_key(sha, rev))
         except FileNotFoundError:
             found = self.segment_records().get(sha)
             if found is not None and found.rev == rev and not found.deleted:
-                return found.payload
+                return self._follower.payload(found)  # type: ignore[union-attr]
             raise
 
     def committed_now(self, sha: str) -> str | None:
@@ -512,9 +512,9 @@ class Records:
                 self._unflushed.pop(sha, None)
                 raise
             return sha in self._unflushed
-        writer.append(record, key=sha, rev=rev)
+        at = writer.append(record, key=sha, rev=rev)
         if self._follower is not None:  # (this process's records need no reading back)
-            self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, record))
+            self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, record), at)
         return False
 
     def _flushed(self, keys: list[str]) -> None:
@@ -715,12 +715,15 @@ class Records:
         (:meth:`SlimIndex.meta`), so opening a large experiment is quick.
         """
         names = self._meta_names()
+        fingerprint = seglog.fingerprint(self.store)
         try:
             raw: bytes | None = self.store.get(INDEX_KEY)
         except OSError:  # missing, or not a readable file
             raw = None
         with paused_gc():
             index = SlimIndex.parse(self, raw)
+        if index.lazy and fingerprint is not None and index.segments == fingerprint and not names:
+            return index  # the segments are as they were when the index was written: no record to read
         if index.lazy and not self.segment_records() and index.lists(names):
             return index
         listing = self.committed(names)  # other files in meta/, or a leftover older revision
@@ -751,18 +754,47 @@ class Records:
         return self.load_index(on_corrupt).all_meta()
 
     def write_index(
-        self, metas: Iterable[dict[str, Any]] | StoredMetas, written: dict[str, tuple[str, str]] | None = None
+        self,
+        metas: Iterable[dict[str, Any]] | StoredMetas,
+        written: dict[str, tuple[str, str]] | None = None,
+        peer: Records | None = None,
     ) -> None:
         """Rewrite the index of ``metas`` (or of a run's :class:`StoredMetas`, copying unchanged states).
 
         ``written`` adds commit-record texts that another Records wrote (see take_written).
+        ``peer``: another Records of this store in this process (the one a run's tasks wrote
+        with), whose view of the segments is used to check the index against them.
         """
         written = {**self.take_written(), **(written or {})}
         try:
-            text = metas.index_bytes(written) if isinstance(metas, StoredMetas) else index_bytes(metas, written)
+            segments = (peer if peer is not None and peer.store.url == self.store.url else self)._segments_now()
+            if isinstance(metas, StoredMetas):
+                text = metas.index_bytes(written, segments)
+            else:
+                text = index_bytes(metas, written, segments)
             self.store.put(INDEX_KEY, text)
         except OSError:
             pass  # the index is an optimisation; the records are the truth
+
+    def keep_fingerprint(self, index: SlimIndex) -> None:
+        """Write ``index`` again (as text, nothing decoded) if it is current but names an older fingerprint.
+
+        For a writer that changed the segments without changing what they hold (a compaction):
+        the next reader then trusts the index without reading every record.
+        """
+        if index.lazy and index.segments != seglog.fingerprint(self.store):
+            self.write_index(StoredMetas(index))
+
+    def _segments_now(self) -> tuple[str, dict[str, str]] | None:
+        """The segments' fingerprint and every committed state read after it (for the index to keep).
+
+        Only for a folder whose records are all in segments (no ``meta/`` file), where the
+        fingerprint says whether anything changed since: see :func:`dagger.store.segments.fingerprint`.
+        """
+        fingerprint = seglog.fingerprint(self.store)
+        if fingerprint is None or self._meta_names():
+            return None
+        return fingerprint, self.committed([])
 
 
 def _unpack(

@@ -19,6 +19,9 @@ Every record is one *frame*::
 
 ``kind`` is ``R`` (a record), ``D`` (a tombstone: the key is deleted as of
 ``rev``) or ``S`` (a seal: the writer closed the segment; nothing follows).
+Immutable segments written whole (compactions, ``dagger migrate``) are stored
+compressed: :data:`ZMAGIC` and then the zlib stream of their frames (about 280
+bytes per trivial state's record instead of 1,460).
 The CRC-32 covers the kind, the length and the body. A reader takes frames
 from the start of a segment and stops at the first one that is incomplete or
 does not check: a torn tail (a writer killed mid-append) is ignored, and a
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import os
 import re
 import socket
@@ -60,6 +64,11 @@ SUFFIX = ".seg"
 RECORD, DELETE, SEAL = b"R", b"D", b"S"
 _KINDS = frozenset(b"RDS")
 _HEAD = 17  # kind + 8 hex digits of length + 8 hex digits of CRC-32
+#: The first bytes of a compressed segment (a frame starts with R, D or S, never Z).
+ZMAGIC = b"Zdgz1\n"
+#: zlib level for compressed segments: level 1 packs records to 282 bytes at 181 MB/s, level 6 to 268 at 88.
+ZLEVEL = 1
+_ZCHUNK = 1 << 16  # input per step: a damaged stream loses at most one step's output before the damage
 #: The largest body a frame may hold (the length field could say up to 4 GiB; a record is small).
 MAX_BODY = 256 * 1024 * 1024
 #: Keys and revisions: printable ASCII without spaces (they are fields of the body).
@@ -100,8 +109,10 @@ class Scan:
 
     records: list[SegmentRecord] = field(default_factory=list)
     sealed: bool = False
-    whole_bytes: int = 0  # where the last whole frame ends
+    whole_bytes: int = 0  # where the last whole frame ends (in the frames, decompressed)
     torn_bytes: int = 0  # bytes after it (a torn tail, or damage: nothing after them is read)
+    compressed: bool = False  # written whole and compressed (immutable): never read from an offset
+    size: int = 0  # the bytes read (as stored: compressed where it is)
 
 
 @contextmanager
@@ -122,9 +133,41 @@ def _collector_paused() -> Iterator[None]:
 
 
 def decode_segment(data: bytes) -> Scan:
-    """Every whole frame of a segment's bytes, in order, stopping at the first that is not whole."""
+    """Every whole frame of a segment's bytes, in order, stopping at the first that is not whole.
+
+    A compressed segment is decompressed first; if its stream is damaged or cut
+    short, the frames before the damage are read and the rest counts as torn.
+    """
+    if data[: len(ZMAGIC)] != ZMAGIC:
+        with _collector_paused():
+            out = _decode(data)
+        out.size = len(data)
+        return out
+    frames, damaged = _inflate(memoryview(data)[len(ZMAGIC) :])
     with _collector_paused():
-        return _decode(data)
+        out = _decode(frames)
+    out.compressed, out.size = True, len(data)
+    if damaged and not out.torn_bytes:
+        out.torn_bytes = 1  # the stream ended early or broke: what it held after this is unreadable
+    return out
+
+
+def _inflate(stream: memoryview) -> tuple[bytes, bool]:
+    """The bytes a zlib stream holds, as far as it is whole; and whether it was damaged or cut short."""
+    inflater = zlib.decompressobj()
+    parts: list[bytes] = []
+    try:
+        for start in range(0, len(stream), _ZCHUNK):
+            parts.append(inflater.decompress(stream[start : start + _ZCHUNK]))
+        parts.append(inflater.flush())
+    except zlib.error:
+        return b"".join(parts), True
+    return b"".join(parts), not inflater.eof or bool(inflater.unused_data)
+
+
+def compress_segment(frames: bytes | bytearray) -> bytes:
+    """A whole segment's frames as a compressed segment (see :data:`ZMAGIC`)."""
+    return ZMAGIC + zlib.compress(frames, ZLEVEL)
 
 
 def _decode(data: bytes) -> Scan:
@@ -212,15 +255,18 @@ class SegmentWriter:
             raise
         self._fd, self._pid, self._size, self.name, self.records = fd, current_pid(), 0, name + SUFFIX, 0
 
-    def append(self, payload: bytes | bytearray | memoryview, key: str, rev: str) -> None:
-        """Append one record; when this returns it is committed (see the class docstring)."""
-        self._write(encode_frame(RECORD, key, rev, payload))
+    def append(self, payload: bytes | bytearray | memoryview, key: str, rev: str) -> int:
+        """Append one record; when this returns it is committed (see the class docstring).
+
+        Returns where its frame starts in :attr:`name` (see :meth:`Follower.note`).
+        """
+        return self._write(encode_frame(RECORD, key, rev, payload))
 
     def delete(self, key: str, rev: str) -> None:
         """Append a tombstone: ``key`` is gone as of ``rev`` (a newer record brings it back)."""
         self._write(encode_frame(DELETE, key, rev))
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes) -> int:
         with self._lock:
             if self._closed:
                 raise ValueError("this segment writer is closed")
@@ -237,8 +283,10 @@ class SegmentWriter:
             except OSError:
                 self._undo()
                 raise
+            at = self._size
             self._size += len(frame)
             self.records += 1
+            return at
 
     def _undo(self) -> None:
         """After a failed append (ENOSPC, EIO): cut the partial frame off, or leave the file for a new one."""
@@ -416,6 +464,35 @@ def _read(store: Store, name: str) -> bytes:
     return store.get(f"{FOLDER}/{name}")
 
 
+def fingerprint(store: Store) -> str | None:
+    """A short string that changes whenever any segment changes; None where it cannot be had cheaply.
+
+    Taken from one listing of a local ``segments/`` folder: each segment's name, size and
+    modification time. A segment's name is never reused and its bytes only grow (a failed
+    append is cut back, and the next one changes the time), so two equal fingerprints mean
+    the same records. A reader that read every record *after* taking a fingerprint knows
+    that what it read is all there is for as long as the fingerprint stays the same (the
+    slim index keeps one: see :class:`dagger.store.index.SlimIndex`). None for object stores
+    and for a folder with no segment.
+    """
+    if not isinstance(store, LocalStore):
+        return None
+    parts = []
+    try:
+        with os.scandir(os.path.join(store.root, FOLDER)) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(SUFFIX) and not name.startswith("."):
+                    st = entry.stat(follow_symlinks=False)
+                    parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not parts:
+        return None
+    parts.sort()
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
 def scan_segments(store: Store) -> Iterator[tuple[str, Scan]]:
     """Each segment's name and what reading it found: one listing, then one read per segment.
 
@@ -474,20 +551,56 @@ class Follower:
         self.torn: dict[str, int] = {}  # segment name -> bytes after its last whole frame (at the last read)
         self._seen: dict[str, tuple[int, bool]] = {}  # name -> (whole bytes read, sealed)
         self._own: set[str] = set()  # segments this process appends to: told each record (see note)
+        self._at: dict[str, tuple[str, int, str]] = {}  # key -> (segment, frame offset, rev) of noted records
+        self._listed = False  # a whole listing was read (every segment then listed is in _seen)
         self._lock = threading.Lock()
 
-    def note(self, segment: str, record: SegmentRecord) -> None:
+    def note(self, segment: str, record: SegmentRecord, at: int | None = None) -> None:
         """A record this process just appended to ``segment``: kept without reading the segment back.
 
         Once read in full, this process's own segment is not read again (what it appends is noted here),
         so a writer's own records cost no read; another process's are read from their segments.
+        With ``at`` (where its frame starts), the record is kept without its payload, which
+        :meth:`payload` reads back from the segment when asked: a run's own records then cost
+        memory for their key and revision only.
         """
         with self._lock:
             self._own.add(segment)
+            if segment not in self._seen and self._listed:
+                # Not in the last listing, so created since, by this process, whose every append to it
+                # is noted here: nothing in it needs reading (a run's own segment is not read back at its end).
+                self._seen[segment] = (0, False)
             if segment in self._seen:
                 known = self.records.get(record.key)
                 if known is None or record.rev > known.rev:
+                    if at is not None and not record.deleted:
+                        self._at[record.key] = (segment, at, record.rev)
+                        record = record._replace(payload=b"")
                     self.records[record.key] = record
+
+    def payload(self, record: SegmentRecord) -> bytes:
+        """``record``'s payload (one of :attr:`records`), read back from its segment if it was noted without it."""
+        where = self._at.get(record.key)
+        if where is None or record.payload or where[2] != record.rev:
+            return record.payload
+        segment, at, rev = where
+        try:
+            with open(os.path.join(self.store.root, FOLDER, segment), "rb") as f:  # type: ignore[attr-defined]
+                f.seek(at)
+                head = f.read(_HEAD)
+                frame = head + f.read(int(head[1:9], 16) + 1) if len(head) == _HEAD else b""
+        except (FileNotFoundError, ValueError):
+            frame = b""
+        found = decode_segment(frame).records
+        if len(found) == 1 and found[0].key == record.key and found[0].rev == rev:
+            return found[0].payload
+        # Compacted away meanwhile (or damaged): read everything again, as a new reader would.
+        with self._lock:
+            self._reset()
+        newest = self.refresh().get(record.key)
+        if newest is None or newest.rev != rev or newest.deleted:
+            raise FileNotFoundError(f"{FOLDER}/{segment}: the record of {record.key} at {rev} is gone")
+        return newest.payload
 
     def refresh(self) -> dict[str, SegmentRecord]:
         """Read what is new in ``segments/``; return :attr:`records` (tombstones included)."""
@@ -523,17 +636,20 @@ class Follower:
                     known = records.get(record.key)
                     if known is None or record.rev > known.rev:
                         records[record.key] = record
-            self._seen[name] = (offset + scan.whole_bytes, scan.sealed)
+            self._seen[name] = (offset + scan.whole_bytes, scan.sealed or scan.compressed)
             if scan.torn_bytes:
                 self.torn[name] = scan.torn_bytes
             else:
                 self.torn.pop(name, None)
+        self._listed = True
         return True
 
     def _reset(self) -> None:
         self.records = {}
         self.torn = {}
         self._seen = {}
+        self._at = {}
+        self._listed = False
 
     def tag(self) -> list[str]:
         """What the segments hold now, as short strings that change whenever a record is added."""
@@ -566,7 +682,7 @@ class Compaction:
     busy: bool = False  # another compaction was running: nothing done
 
 
-def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compaction:
+def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: bool = True) -> Compaction:
     """Rewrite every idle segment as one, keeping the newest revision of each key.
 
     A segment is idle when it is sealed (its writer closed it) or, in a local
@@ -576,7 +692,7 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
     old ones are removed: a crash in between leaves both, and readers, which
     keep the newest revision of each key, read the same thing either way.
     Tombstones are kept unless every segment of a local folder took part (then
-    nothing older can come back). One compaction at a time per local folder
+    nothing older can come back). The new segment is compressed (``compress``). One compaction at a time per local folder
     (others return ``busy``); on object stores two at once lose nothing (each
     removes only segments whose records it wrote first) but may leave duplicates.
     """
@@ -603,10 +719,10 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
                 scans.append((name, decode_segment(_read(store, name))))
             except FileNotFoundError:  # removed meanwhile (by hand): nothing to merge
                 continue
-        if len(scans) < min_segments:
-            return out
+        if not scans or (len(scans) < min_segments and all(scan.compressed for _, scan in scans)):
+            return out  # (one idle segment is still rewritten compressed)
         merged = newest_all(record for _, scan in scans for record in scan.records)
-        sources = [(name, len(scan.records), scan.whole_bytes + scan.torn_bytes) for name, scan in scans]
+        sources = [(name, len(scan.records), scan.size) for name, scan in scans]
         del scans  # only the newest records stay in memory, and the new segment's bytes
         # Tombstones go only when every segment took part, under the folder's lock. On object stores,
         # where nothing stops two compactions at once, one that missed a tombstone could bring a record back.
@@ -618,10 +734,12 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
                 out.records_out += 1
         del merged
         data += _seal_frame(out.records_out)
-        name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
-        _put_durably(store, name, data, fsync)
-        out.written, out.bytes_out = name, len(data)
+        packed = compress_segment(data) if compress else data
         del data
+        name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
+        _put_durably(store, name, packed, fsync)
+        out.written, out.bytes_out = name, len(packed)
+        del packed
         for old, count, size in sources:
             out.merged.append(old)
             out.records_in += count
@@ -640,8 +758,8 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True) -> Compacti
             os.close(guard)
 
 
-def write_records(store: Store, records: Any, fsync: bool = True) -> str:
-    """Write ``(key, rev, payload)`` records as one sealed, immutable segment; return its name.
+def write_records(store: Store, records: Any, fsync: bool = True, compress: bool = True) -> str:
+    """Write ``(key, rev, payload)`` records as one sealed, immutable (compressed) segment; return its name.
 
     Written like a compaction's output (hidden name, flushed, renamed into place; one PUT on
     object stores), so it is there whole or not at all. Used to move records in (``dagger migrate``).
@@ -653,7 +771,7 @@ def write_records(store: Store, records: Any, fsync: bool = True) -> str:
         count += 1
     data += _seal_frame(count)
     name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
-    _put_durably(store, name, data, fsync)
+    _put_durably(store, name, compress_segment(data) if compress else data, fsync)
     return name
 
 
