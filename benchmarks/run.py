@@ -256,6 +256,7 @@ TITLES = {
     "ui_10k": "The explorer (`dagger ui`) on 10,000 states",
     "scaling": "Scaling curve: per-state cost from 100 to 20,000 states",
     "million": "Million states (issue 21)",
+    "busy_disk": "Cold runs on a quiet and a busy disk: records in files against segments (issue 21)",
     "recipe_overhead": "What a run adds to a pure-Python recipe (issue 20 item 3)",
     "restore_large": "Restoring a large state against np.load (issue 20 item 1)",
     "cluster_scaling": "Dagger on a LocalCluster against plain Dask, over worker counts (issue 20 item 4)",
@@ -366,21 +367,28 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
         meta = f"{_f(result.get(p + 'meta_bytes_per_state'))} B in a file of {_f(result.get(p + 'meta_allocated_bytes_per_state'))} B on disk"
         if seg:
             meta += f"; segments, raw: {_f(result.get(f'seg_{seg}_bytes_per_record'))} B"
-            meta += f" ({_f(result.get(f'seg_{seg}_zlib_bytes_per_record'))} B zlib'd)"
         rows = _million_rows(result, "store", sizes, meta)
-        afters = [""] * len(rows)
-        if after_sizes:
-            m = max(set(after_sizes) & set(sizes) or after_sizes)  # the before column's size, where measured
+        columns: list[tuple[str, list[str]]] = []
+
+        def after_column(m: int) -> list[str]:
             q = f"segstore_{m}_"
             after_meta = f"{_f(result.get(q + 'meta_bytes_per_state'))} B in segments at {m:,} (no file per state)"
             if result.get(q + "compacted_meta_bytes_per_state") is not None:
                 after_meta += (
-                    f"; {_f(result.get(q + 'compacted_meta_bytes_per_state'))} B once compacted "
-                    "(`dagger gc`, `dagger migrate`: compressed)"
+                    f"; {_f(result.get(q + 'compacted_meta_bytes_per_state'))} B after `dagger gc` "
+                    "(compacted, compressed)"
                 )
-            afters = [row[2] for row in _million_rows(result, "segstore", [m], after_meta)]
-        out += ["| figure | target | before: one file per state | after: records in segments |", "|---|---|---|---|"]
-        out += [f"| {label} | {target} | {before} | {after} |" for (label, target, before), after in zip(rows, afters, strict=True)]
+            return [row[2] for row in _million_rows(result, "segstore", [m], after_meta)]
+
+        if after_sizes:
+            m = max(set(after_sizes) & set(sizes) or after_sizes)  # the before column's size, where measured
+            columns.append(("after: records in segments", after_column(m)))
+            if max(after_sizes) > m:  # measured further with segments
+                columns.append((f"after, at {max(after_sizes):,}", after_column(max(after_sizes))))
+        head = ["figure", "target", "before: one file per state"] + [title for title, _ in columns]
+        out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for i, (label, target, before) in enumerate(rows):
+            out.append("| " + " | ".join([label, target, before] + [cells[i] for _, cells in columns]) + " |")
         tags = f"tagged `group:<i % {result.get('tags', 100)}>`"
         out += _million_curve(result, "store", sizes, f"Before: one file per state, {result.get('shape', 'tree8')} {tags}:")
         if after_sizes:
@@ -423,6 +431,38 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
             if counts is None:
                 continue
             out.append(f"| {label} | " + ", ".join(f"{m} {_f(c)}" for m, c in sorted(counts.items())) + " |")
+    return out
+
+
+def _busy_disk_table(result: dict[str, Any]) -> list[str]:
+    """busy_disk.py: each layout's cold run on a quiet and on a busy disk, against plain Dask."""
+    n = result.get("states", 0)
+    out = [
+        f"A cold run of {n:,} trivial states ({result.get('shape', 'tree8')}) in a fresh process, median of "
+        f"{result.get('rounds')} per cell; the busy disk is the minute after writing 20,000 files of 8 KiB and three "
+        f"of 100 MiB, syncing and removing them. Plain Dask on the same graph of no-op tasks: "
+        f"{_f(result.get('dask_run_s'))} s. Target: within 2x of it on either disk.",
+        "",
+        "| commit records | quiet disk, s (us/state) | / plain Dask | busy disk, s (us/state) | / plain Dask "
+        "| busy / quiet | creating a file on the busy disk, us (before; after each run) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, label in (("files", "one file per state"), ("segments", "in segments")):
+        if f"{name}_quiet_run_s" not in result:
+            continue
+        probes = result.get(f"{name}_busy_probes") or []
+        created = ", ".join(f"{_f(p.get('create_us_before'))}; {_f(p.get('create_us_after'))}" for p in probes)
+        out.append(
+            f"| {label} | {_f(result[f'{name}_quiet_run_s'])} ({_f(result.get(f'{name}_quiet_us_per_state'))}) "
+            f"| {_f(result.get(f'{name}_quiet_over_dask'))} x "
+            f"| {_f(result[f'{name}_busy_run_s'])} ({_f(result.get(f'{name}_busy_us_per_state'))}) "
+            f"| {_f(result.get(f'{name}_busy_over_dask'))} x | {_f(result.get(f'{name}_busy_over_quiet'))} x | {created} |"
+        )
+    quiet = result.get("quiet_disk") or {}
+    out += ["", f"Quiet disk, as found before the first run: creating a file {_f(quiet.get('create_us'))} us, "
+            f"appending {_f(quiet.get('append_us'))} us. Runs, s: " + "; ".join(
+                f"{name} quiet {result.get(f'{name}_quiet_runs')}, busy {result.get(f'{name}_busy_runs')}"
+                for name in ("files", "segments") if f"{name}_quiet_runs" in result)]
     return out
 
 
@@ -606,6 +646,8 @@ def render(
             lines += _scaling_table(result)
         elif name == "million":
             lines += _million_tables(result)
+        elif name == "busy_disk":
+            lines += _busy_disk_table(result)
         else:
             lines += _generic_table(result)
         floor_line = _floor_line(result)
