@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pytest
 
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, HERE)
+
+# A test run started in the background (`make test &`, some CI runners) inherits SIGINT as ignored,
+# and so would every process the tests start: the Ctrl-C tests' interrupts would never arrive.
+# A handler (unlike "ignored") is not inherited across exec, so children get Python's own Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
