@@ -336,3 +336,19 @@ def test_states_a_process_just_wrote_to_its_segment_restore_in_that_process(tmp_
         assert writer.record_bytes(sha, newest) == fresh.record_bytes(sha, newest)  # read back from its frame
     steps = sorted(list(node.restore().steps) for node in exp.graph.nodes)
     assert steps == [[], [1], [1, 99], [2], [2, 10], [3]]
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["files", "segments"])
+def test_state_path_names_the_file_that_holds_its_record(tmp_path, segments):
+    import dagger as dg
+
+    directory = str(tmp_path / "exp")
+    _script(directory, "make", segments=segments)
+    exp = dg.Experiment.restore(directory)
+    folder = "segments" if segments else "meta"
+    for node in exp.graph.nodes:
+        path = node.path  # (the reference implementation's name)
+        assert path.startswith(os.path.join(directory, folder) + "/") and os.path.isfile(path), path
+        if segments:
+            with open(path, "rb") as f:
+                assert node.sha().encode() in f.read()  # the segment really holds its record

@@ -246,11 +246,13 @@ class ExperimentState:
 
     @property
     def path(self) -> str:
-        """Where this state's commit record is stored (its pickle is inside it or under ``states/``)."""
-        from dagger.store.records import FIRST_REV, meta_key
+        """The file that holds this state's commit record (its pickle is inside it or under ``states/``):
+        its ``meta/`` file, or the segment that holds it."""
+        from dagger.store.records import FIRST_REV
 
         tree = self._tree()
-        return f"{tree.records.store.url.rstrip('/')}/{meta_key(self.sha(), self._meta().get('rev') or FIRST_REV)}"
+        key = tree.records.record_file(self.sha(), self._meta().get("rev") or FIRST_REV)
+        return f"{tree.records.store.url.rstrip('/')}/{key}"
 
     def to_promise(self) -> Any:
         """This stored state as an :class:`~dagger.ExperimentStatePromise` of its experiment.

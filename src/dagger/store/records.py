@@ -96,6 +96,7 @@ class Records:
         self._writer: seglog.SegmentWriter | seglog.BatchSegmentWriter | None = None
         self._writer_lock = threading.Lock()
         self._follower: seglog.Follower | None = None
+        self._where: tuple[str | None, dict[str, tuple[str, str]]] | None = None  # see record_file
         # Records queued in an object-store batch, not committed yet: {sha: (rev, bytes)} (see _append).
         self._unflushed: dict[str, tuple[str, bytes]] = {}
         #: With a key, every pickle is written signed and none is unpickled unless signed (see signing).
@@ -301,6 +302,26 @@ class Records:
         if found is not None and found.rev == rev:
             return f"{SEGMENTS}/{sha}.{rev}"
         return meta_key(sha, rev)
+
+    def record_file(self, sha: str, rev: str) -> str:
+        """The key of the file that holds ``sha``'s record at ``rev``: its ``meta/`` file, or its segment.
+
+        For people (``state.path``). The segments' map of where each record is comes from one
+        read of every segment, kept while the folder's fingerprint stays the same.
+        """
+        key = meta_key(sha, rev)
+        if self.store.exists(key):
+            return key
+        fingerprint = seglog.fingerprint(self.store)
+        if self._where is None or fingerprint is None or self._where[0] != fingerprint:
+            where: dict[str, tuple[str, str]] = {}
+            for name, scan in seglog.scan_segments(self.store):
+                for record in scan.records:
+                    if record.rev > where.get(record.key, ("", ""))[0]:
+                        where[record.key] = (record.rev, name)
+            self._where = (fingerprint, where)
+        found = self._where[1].get(sha)
+        return f"{SEGMENTS}/{found[1]}" if found is not None and found[0] == rev else key
 
     def in_segments(self, sha: str) -> bool:
         """Whether a segment (or this process's queued batch) holds a record of ``sha`` (as last read)."""
