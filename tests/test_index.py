@@ -17,6 +17,7 @@ import dagger as dg
 from dagger.store import LocalStore
 from dagger.store import index as idx
 from dagger.store import records as rec
+from dagger.store.segments import fingerprint as segments_fingerprint
 
 HERE = os.path.dirname(__file__)
 
@@ -176,6 +177,9 @@ def assert_index_as_if_rebuilt(directory):
     rebuilt = json.loads(rec.index_bytes(truth(directory).values()))
     assert list(on_disk["states"]) == list(rebuilt["states"])  # same order
     assert {k: v["rev"] for k, v in on_disk["states"].items()} == {k: v["rev"] for k, v in rebuilt["states"].items()}
+    # (an all-segments folder's index also keeps the segments' fingerprint: it must be the current one)
+    fingerprint = on_disk["columns"].pop("segments", None)
+    assert fingerprint in (None, segments_fingerprint(LocalStore(directory)))
     assert on_disk["columns"] == rebuilt["columns"]
     assert on_disk["metas"] == rebuilt["metas"]
 
