@@ -6,8 +6,8 @@ apart from ``run.py`` so that the page's code stays short. Edit the findings her
 
 MILLION_NOTES = [
     "Issue 21 asks for a million states. The *before* column is the store with one file per state",
-    "(`meta/<sha>.<rev>.json`), the *after* columns the same store with its commit records in append-only",
-    "segments (`DAGGER_SEGMENTS=1`, or an experiment migrated by `dagger migrate`; see `docs/storage.md`,",
+    "(`meta/<sha>.<rev>.json`, layout 2, now written only with `DAGGER_SEGMENTS=0`), the *after* columns the",
+    "same store with its commit records in append-only segments (the default since 2026-12-05; see `docs/storage.md`,",
     "\"Segments\"), both on a tree with 8 children per node, at the largest size both curves reached; the",
     "last column is the segment store measured at 1,000,000 states (a cold run's peak is 8.6 GiB, which this",
     "machine's 23 GiB holds). A figure where linear growth is assumed is marked *if linear*. The segment",

@@ -62,7 +62,7 @@ def _cold(base: str, n: int, segments: bool) -> float:
     if segments:
         os.environ["DAGGER_SEGMENTS"] = "1"
     else:
-        os.environ.pop("DAGGER_SEGMENTS", None)
+        os.environ["DAGGER_SEGMENTS"] = "0"  # one file per state (layout 2)
     try:
         folder = tempfile.mkdtemp(prefix="cold-", dir=base)
         out = in_fresh_process("run", folder, SHAPE, n)

@@ -198,7 +198,7 @@ def store_part(sizes: tuple[int, ...], segments: bool = False) -> dict:
     if segments:
         os.environ["DAGGER_SEGMENTS"] = "1"
     else:
-        os.environ.pop("DAGGER_SEGMENTS", None)
+        os.environ["DAGGER_SEGMENTS"] = "0"  # one file per state (layout 2), as before segments
     for n in sizes:
         p = f"{name}_{n}_"
         with scratch() as folder:
@@ -307,6 +307,7 @@ def s3_part(n: int = 500, batch: int = 1000) -> dict:
             return out
 
         out: dict = {"s3_states": n, "s3_batch": batch}
+        os.environ["DAGGER_SEGMENTS"] = "0"  # first one object per record (layout 2)
         exp = dg.Experiment("s3://bench/store", state_class=State, storage_options=options)
         define(exp, SHAPE, n)
         take()

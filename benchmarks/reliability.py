@@ -102,8 +102,11 @@ def disk_failure(base: str, n: int, code: str, kind: str, floor: float) -> dict[
             bad = exc.failures[0].sha
             if bad[:12] not in str(exc) or os.strerror(sc.ERRNOS[code]) not in str(exc):
                 problems.append(f"unclear error: {exc}")
-        if any(os.path.exists(os.path.join(directory, k)) for k in store.failed_keys) or os.listdir(
-            os.path.join(directory, "tmp")
+        store.heal()  # (the recovery below writes to a healthy disk)
+        if (
+            any(os.path.exists(os.path.join(directory, k)) for k in store.failed_keys)
+            or os.listdir(os.path.join(directory, "tmp"))
+            or sc.segment_damage(directory)  # a record append cut short and left in its segment
         ):
             problems.append("a partial file was left behind")
         before = sc.committed(directory)

@@ -390,10 +390,10 @@ def _million_tables(result: dict[str, Any]) -> list[str]:
         for i, (label, target, before) in enumerate(rows):
             out.append("| " + " | ".join([label, target, before] + [cells[i] for _, cells in columns]) + " |")
         tags = f"tagged `group:<i % {result.get('tags', 100)}>`"
-        out += _million_curve(result, "store", sizes, f"Before: one file per state, {result.get('shape', 'tree8')} {tags}:")
+        out += _million_curve(result, "store", sizes, f"Before: one file per state (`DAGGER_SEGMENTS=0`), {result.get('shape', 'tree8')} {tags}:")
         if after_sizes:
             out += _million_curve(
-                result, "segstore", after_sizes, "After: commit records in segments (`DAGGER_SEGMENTS=1`), same tree:"
+                result, "segstore", after_sizes, "After: commit records in segments (the default layout), same tree:"
             )
     if seg_sizes:
         out += ["", "The segment layer alone (4 writers of N/4 records, one `write` per record, no fsync; compaction fsync'd):", ""]

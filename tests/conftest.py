@@ -26,15 +26,19 @@ def exp_dir(tmp_path):
 
 @pytest.fixture(params=["files", "segments"])
 def layout(request, monkeypatch):
-    """Run the test once with commit records in ``meta/`` files and once in segments (``DAGGER_SEGMENTS=1``).
+    """Run the test once with commit records in ``meta/`` files (``DAGGER_SEGMENTS=0``) and once in segments.
 
     The variable reaches every process the test starts (forked, spawned or run as a script).
     """
-    if request.param == "segments":
-        monkeypatch.setenv("DAGGER_SEGMENTS", "1")
-    else:
-        monkeypatch.delenv("DAGGER_SEGMENTS", raising=False)
+    monkeypatch.setenv("DAGGER_SEGMENTS", "0" if request.param == "files" else "1")
     return request.param
+
+
+@pytest.fixture
+def files_layout(monkeypatch):
+    """For tests of the ``meta/`` file layout itself (layout 2, as older experiments have it):
+    commit records go to ``meta/`` files in this test and every process it starts."""
+    monkeypatch.setenv("DAGGER_SEGMENTS", "0")
 
 
 pytest_plugins = ["s3server"]

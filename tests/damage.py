@@ -1,6 +1,6 @@
 """Helpers for tests that damage a state's stored pickle, wherever the store keeps it.
 
-A state's first commit record (``meta/<sha>.<FIRST_REV>.json``) carries a small
+A state's first commit record (``meta/<sha>.<FIRST_REV>.json``, or a segment record) carries a small
 pickle; the pickle has its own file (``states/ab/<sha>.pkl``) once a newer
 revision replaced that record, when it is large, or in older experiments.
 Readers look at the file first, so a test that damages "the pickle file" first
@@ -11,12 +11,13 @@ copy edits the record (:func:`edit_carried_pickle`).
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Callable
 
+import records_io
+
 from dagger.store import LocalStore
-from dagger.store.records import FIRST_REV, INLINE_FIELD, Records, meta_key, state_key
+from dagger.store.records import FIRST_REV, INLINE_FIELD, Records, state_key
 
 
 def pickle_file(directory: str, sha: str) -> str:
@@ -33,22 +34,20 @@ def pickle_bytes(directory: str, sha: str) -> bytes:
 
 
 def carried_record(directory: str, sha: str) -> str:
-    """The path of ``sha``'s first commit record, which must carry its pickle."""
-    path = os.path.join(directory, meta_key(sha, FIRST_REV))
-    with open(path, "rb") as f:
-        assert INLINE_FIELD in json.loads(f.read()), f"state {sha[:12]}'s first record carries no pickle"
-    return path
+    """How messages name ``sha``'s first commit record (its ``meta/`` file or its segment record), which must carry its pickle."""
+    assert INLINE_FIELD in records_io.read_json(directory, sha, FIRST_REV), f"state {sha[:12]}'s first record carries no pickle"
+    return records_io.label(directory, sha, FIRST_REV)
 
 
 def edit_carried_pickle(directory: str, sha: str, change: Callable[[bytes], bytes]) -> str:
-    """Replace the pickle carried by ``sha``'s first commit record with ``change(old bytes)``; return the record's path."""
-    path = carried_record(directory, sha)
-    with open(path, "rb") as f:
-        record = json.loads(f.read())
-    record[INLINE_FIELD] = base64.b64encode(change(base64.b64decode(record[INLINE_FIELD]))).decode()
-    with open(path, "w") as f:
-        f.write(json.dumps(record, separators=(",", ":")))
-    return path
+    """Replace the pickle carried by ``sha``'s first commit record with ``change(old bytes)``; return the record's label
+    (its ``meta/`` file's key, or ``segments/<sha>.<rev>``: how dagger's messages name it)."""
+    carried_record(directory, sha)
+
+    def edit(record: dict) -> None:
+        record[INLINE_FIELD] = base64.b64encode(change(base64.b64decode(record[INLINE_FIELD]))).decode()
+
+    return records_io.edit_json(directory, sha, edit, FIRST_REV)
 
 
 def sole_pickle_file(directory: str, sha: str) -> str:
@@ -61,8 +60,9 @@ def sole_pickle_file(directory: str, sha: str) -> str:
     rev = records.committed()[sha]
     if rev == FIRST_REV:
         records.write_meta(records.read_meta(sha, rev), old_rev=rev)  # moves the pickle out first
+        records.close()
     path = os.path.join(directory, state_key(sha))
-    assert os.path.exists(path) and not os.path.exists(os.path.join(directory, meta_key(sha, FIRST_REV)))
+    assert os.path.exists(path) and not Records(LocalStore(directory)).carries_pickle(sha)
     return path
 
 

@@ -112,7 +112,7 @@ def run_child_in(layout: str, *args) -> None:
     if layout == "segments":
         os.environ["DAGGER_SEGMENTS"] = "1"
     else:
-        os.environ.pop("DAGGER_SEGMENTS", None)
+        os.environ["DAGGER_SEGMENTS"] = "0"
     run_child(*args)
 
 

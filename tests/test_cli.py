@@ -18,13 +18,14 @@ from xml.etree import ElementTree
 
 import paperdefs
 import pytest
-from damage import edit_carried_pickle, left_long_ago, pickle_bytes, pickle_file, sole_pickle_file
+import records_io
+from damage import carried_record, edit_carried_pickle, left_long_ago, pickle_bytes, pickle_file, sole_pickle_file
 from typer.testing import CliRunner
 
 import dagger as dg
 from dagger import cli
 from dagger.cli.draw import _branches
-from dagger.store.records import FIRST_REV, encode_json, meta_key, state_key
+from dagger.store.records import encode_json, state_key
 
 runner = CliRunner()
 
@@ -149,14 +150,16 @@ def test_ls_filters_like_nodeset_filter(built):
 
 
 @pytest.mark.parametrize("where", ["carried", "file"])
-def test_inspect_shows_lineage_results_timings_and_files(listing, where):
+def test_inspect_shows_lineage_results_timings_and_files(exp_dir, layout, where):
+    paperdefs.listing2(exp_dir)  # (on both layouts: the carrying record is a meta/ file or a segment record)
+    listing = exp_dir
     graph = graph_of(listing)
     leaf = by_recipe(graph, "PruneRecipe", "lr:0.1")
     # The pickle is carried by the state's first commit record, or (once moved out) in its own file.
     if where == "file":
         key, size = state_key(leaf.sha()), os.path.getsize(pickle_file(listing, leaf.sha()))
     else:
-        key, size = meta_key(leaf.sha(), FIRST_REV), len(pickle_bytes(listing, leaf.sha()))
+        key, size = carried_record(listing, leaf.sha()), len(pickle_bytes(listing, leaf.sha()))
     result = invoke("inspect", listing, leaf.sha()[:8])
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -448,16 +451,17 @@ def test_not_an_experiment_folder(tmp_path):
     assert not (tmp_path / "nope").exists()  # looking did not create the folder
 
 
-def test_corrupt_metadata_is_a_one_line_warning(listing):
-    leaf = by_recipe(graph_of(listing), "PruneRecipe", "lr:0.1")
-    meta_file = next(f for f in os.listdir(os.path.join(listing, "meta")) if f.startswith(leaf.sha()))
-    with open(os.path.join(listing, "meta", meta_file), "w") as f:
-        f.write('{"format": 1, "sha": ')  # a torn write
-    os.remove(os.path.join(listing, "index.json"))  # so the record itself is read
-    result = invoke("show", listing)
+def test_corrupt_metadata_is_a_one_line_warning(exp_dir, layout):
+    paperdefs.listing2(exp_dir)
+    leaf = by_recipe(graph_of(exp_dir), "PruneRecipe", "lr:0.1")
+    # a torn write (in a segment: a whole frame whose payload is torn JSON)
+    where = records_io.write_bytes(exp_dir, leaf.sha(), b'{"format": 1, "sha": ')
+    os.remove(os.path.join(exp_dir, "index.json"))  # so the record itself is read
+    result = invoke("show", exp_dir)
     assert result.exit_code == 0 and "4 states" in result.stdout and leaf.sha()[:10] not in result.stdout
     warning = [ln for ln in result.stderr.splitlines() if ln.startswith("dagger: warning: ")]
     assert len(warning) == 1 and leaf.sha()[:12] in warning[0] and "Traceback" not in result.stderr
+    assert where in warning[0]  # named as it is stored: its meta/ file, or segments/<sha>.<rev>
 
 
 def test_usage_errors_and_help(built):
@@ -492,7 +496,10 @@ class _CreatesFile:
         return (open, (self.path, "w"))
 
 
-def test_read_commands_never_unpickle(listing, tmp_path):
+def test_read_commands_never_unpickle(exp_dir, layout, tmp_path):
+    # (on both layouts: a carried pickle sits in a meta/ file or in a segment record)
+    paperdefs.listing2(exp_dir)
+    listing = exp_dir
     marker = tmp_path / "pwned"
     payload = encode_json({"format": 1, "blobs": []}) + b"\n" + pickle.dumps(_CreatesFile(str(marker)))
     graph = graph_of(listing)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+import records_io
 
 import dagger as dg
 from dagger.execution import failure_key
@@ -221,10 +222,13 @@ def test_edited_recipe_is_reported_and_handled_by_policy(tmp_path):
     assert len(warned["warnings"]) == 1 and "Step (3 states)" in warned["warnings"][0]  # ...but never silently
     assert "Other" not in warned["warnings"][0]
 
+    d = str(tmp_path / "exp")
+    before = {sha: records_io.revs(d, sha) for sha in records_io.every_sha(d)}
+    assert len(before) == 7
     stopped = run_script(tmp_path, "error")
     assert stopped["changed"] == {"Step": 3}
     assert "Step (3 states)" in stopped["error"]
-    assert len(os.listdir(tmp_path / "exp" / "meta")) == 7  # nothing was computed
+    assert {sha: records_io.revs(d, sha) for sha in records_io.every_sha(d)} == before  # nothing was computed
 
     rerun = run_script(tmp_path, "rerun")
     assert by_reason(rerun) == {
@@ -233,7 +237,14 @@ def test_edited_recipe_is_reported_and_handled_by_policy(tmp_path):
         ("Other", "computed", "forced by policy"): 2,  # below a changed Step
         ("Other", "cached", None): 1,  # Other(m=3) hangs off the root: untouched
     }
-    assert len(os.listdir(tmp_path / "exp" / "meta")) == 7  # the new commit records replaced the old ones
+    # The new commit records replaced the old ones: the 5 states computed again have a newer revision, the
+    # others none (in meta/ files, the replaced files are gone at once; in segments, at compaction).
+    after = {sha: records_io.revs(d, sha) for sha in records_io.every_sha(d)}
+    assert set(after) == set(before)
+    assert sum(after[sha][-1] > before[sha][-1] for sha in after) == 5
+    assert sum(after[sha] == before[sha] for sha in after) == 2
+    if os.path.isdir(tmp_path / "exp" / "meta"):  # the files layout: one file per state
+        assert len(os.listdir(tmp_path / "exp" / "meta")) == 7
 
     exp = dg.Experiment.restore(str(tmp_path / "exp"))
     sys.path.insert(0, str(tmp_path / "code"))

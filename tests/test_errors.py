@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 
 import pytest
+import records_io
 from damage import sole_pickle_file
 from paperdefs import State, TrainRecipe, listing2
 
@@ -95,46 +97,39 @@ def test_restore_with_a_different_state_class(exp_dir):
     assert len(dg.Experiment.restore(exp_dir, state_class=State).graph) == 5
 
 
-def _corrupt_one_meta(exp_dir):
-    metas = sorted(os.listdir(os.path.join(exp_dir, "meta")))
-    victim = metas[0]
-    with open(os.path.join(exp_dir, "meta", victim), "w") as f:
-        f.write('{"format": 1, "sha": "trunc')
-    return victim
+def _corrupt_one_record(exp_dir):
+    """Truncate the newest commit record of one state (a ``meta/`` file or a segment record); return its sha and label."""
+    victim = records_io.every_sha(exp_dir)[0]
+    return victim, records_io.write_bytes(exp_dir, victim, b'{"format": 1, "sha": "trunc')
 
 
-def test_corrupt_metadata_file_warns_and_others_load(exp_dir):
+def test_corrupt_metadata_file_warns_and_others_load(exp_dir, layout):
     listing2(exp_dir)
-    victim = _corrupt_one_meta(exp_dir)
+    victim, where = _corrupt_one_record(exp_dir)
     os.remove(os.path.join(exp_dir, INDEX_KEY))  # force the records to be read
     with pytest.warns(dg.DaggerWarning) as caught:
         exp = dg.Experiment.restore(exp_dir)
     messages = [str(w.message) for w in caught if issubclass(w.category, dg.DaggerWarning)]
-    assert any(f"meta/{victim}" in m and "corrupt" in m for m in messages)
+    assert any(where in m and "corrupt" in m for m in messages)
     shas = {n.sha() for n in exp.graph.nodes}
-    assert len(shas) == 4 and victim[:64] not in shas
+    assert len(shas) == 4 and victim not in shas
 
 
-def test_corrupt_metadata_behind_a_stale_index_is_reported(exp_dir):
+def test_corrupt_metadata_behind_a_stale_index_is_reported(exp_dir, layout):
     """A corrupt record whose revision is not in the index is read, reported and skipped."""
     listing2(exp_dir)
-    meta_dir = os.path.join(exp_dir, "meta")
-    victim = sorted(os.listdir(meta_dir))[0]
-    sha, rev, _ = victim.split(".")
-    newer = f"{sha}.{'f' * 20}.json"  # a newer revision, not yet in the index
-    with open(os.path.join(meta_dir, newer), "w") as f:
-        f.write("not json at all")
-    with pytest.warns(dg.DaggerWarning, match=f"meta/{newer}"):
+    sha = records_io.every_sha(exp_dir)[0]
+    # A newer revision, not yet in the index.
+    newer = records_io.add_record(exp_dir, sha, "f" * 20, b"not json at all")
+    with pytest.warns(dg.DaggerWarning, match=re.escape(newer)):
         exp = dg.Experiment.restore(exp_dir)
     assert len(exp.graph) == 4
 
 
-def test_meta_record_for_another_state_is_corrupt(exp_dir):
+def test_meta_record_for_another_state_is_corrupt(exp_dir, layout):
     listing2(exp_dir)
-    meta_dir = os.path.join(exp_dir, "meta")
-    first, second = sorted(os.listdir(meta_dir))[:2]
-    body = open(os.path.join(meta_dir, second)).read()
-    open(os.path.join(meta_dir, first), "w").write(body)
+    first, second = records_io.every_sha(exp_dir)[:2]
+    records_io.write_bytes(exp_dir, first, records_io.read_bytes(exp_dir, second))
     os.remove(os.path.join(exp_dir, INDEX_KEY))
     with pytest.warns(dg.DaggerWarning, match="describes state"):
         exp = dg.Experiment.restore(exp_dir)
@@ -209,13 +204,9 @@ def test_store_write_failure_fails_the_state_with_a_store_error(exp_dir):
     assert len(dg.Experiment.restore(exp_dir).graph) == 1  # the root was saved
 
 
-def test_meta_record_from_a_newer_dagger_is_never_skipped(exp_dir):
+def test_meta_record_from_a_newer_dagger_is_never_skipped(exp_dir, layout):
     listing2(exp_dir)
-    meta_dir = os.path.join(exp_dir, "meta")
-    victim = sorted(os.listdir(meta_dir))[0]
-    path = os.path.join(meta_dir, victim)
-    body = json.loads(open(path).read())
-    open(path, "w").write(json.dumps(dict(body, format=99)))
+    records_io.edit_json(exp_dir, records_io.every_sha(exp_dir)[0], lambda body: dict(body, format=99))
     os.remove(os.path.join(exp_dir, INDEX_KEY))
     with pytest.raises(dg.FormatVersionError, match="newer dagger"):
         dg.Experiment.restore(exp_dir)

@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 import pytest
+import records_io
 from damage import pickle_bytes, pickle_file
 from storedefs import build
 from typer.testing import CliRunner
@@ -29,8 +30,9 @@ from dagger.errors import StoreError
 from dagger.hashing import FORMAT_VERSION
 from dagger.store import LocalStore
 from dagger.store import leases as ls
+from dagger.store.layout import SEGMENTS
 from dagger.store.maintenance import gc, verify
-from dagger.store.records import FIRST_REV, Records, blob_key, meta_key, state_key
+from dagger.store.records import FIRST_REV, Records, blob_key, state_key
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("DAGGER_TEST_SRC") or os.path.join(os.path.dirname(HERE), "src")  # (another tree: a check)
@@ -55,7 +57,8 @@ def _garbage_blob(directory: str) -> tuple[str, np.ndarray]:
     data = _array(1)
     info = records.save_pickle(SHA_A, {"x": data})
     _commit(records, SHA_A, info)
-    records.store.delete(meta_key(SHA_A, FIRST_REV))
+    records.close()
+    records_io.remove(directory, SHA_A)  # (its meta/ file, or its frame in a segment)
     return info["blobs"][0][0], data
 
 
@@ -278,8 +281,7 @@ def test_gc_never_follows_a_link_out_of_the_folder(stored, tmp_path, sub):
     assert _untouched(outside, files) and os.path.islink(link)
 
 
-@pytest.mark.parametrize("sub", ["locks", "tmp", "leases", "blobs", "meta"])
-def test_a_run_never_writes_through_a_link_out_of_the_folder(stored, tmp_path, sub):
+def _run_through_a_link(stored, tmp_path, sub: str) -> None:
     exp, _, _ = stored
     d = exp.directory
     os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -288,11 +290,22 @@ def test_a_run_never_writes_through_a_link_out_of_the_folder(stored, tmp_path, s
         shutil.copytree(os.path.join(d, sub), outside, dirs_exist_ok=True)
         files = _snapshot(outside)
     link = _link(d, sub, outside)
-    again, _, _ = build(d, data_mb=0.5, model_mb=0.125, width=3, depth=1)  # one new state (all, with meta/ gone)
+    # One new state (all of them, with meta/ or segments/ gone).
+    again, _, _ = build(d, data_mb=0.5, model_mb=0.125, width=3, depth=1)
     with pytest.raises(dg.RunFailedError) as info:
         again.run()
     assert "symbolic link" in str(info.value) and link in str(info.value)
     assert _untouched(outside, files) and os.path.islink(link)
+
+
+@pytest.mark.parametrize("sub", ["locks", "tmp", "leases", "blobs"])
+def test_a_run_never_writes_through_a_link_out_of_the_folder(stored, tmp_path, sub):
+    _run_through_a_link(stored, tmp_path, sub)
+
+
+def test_a_run_never_writes_commit_records_through_a_link_out_of_the_folder(layout, stored, tmp_path):
+    # The folder the commit records go to: meta/ in the files layout, segments/ in the segments layout.
+    _run_through_a_link(stored, tmp_path, "meta" if layout == "files" else SEGMENTS)
 
 
 def test_an_experiment_folder_that_is_itself_a_link_works(tmp_path):
@@ -303,7 +316,7 @@ def test_an_experiment_folder_that_is_itself_a_link_works(tmp_path):
     exp, _, leaves = build(str(linked), data_mb=0.5, model_mb=0.125, width=1, depth=1)
     exp.run()
     assert exp.gc().removed_count == 0 and exp.verify().ok
-    assert os.listdir(real / "meta")
+    assert records_io.every_sha(str(real)) == sorted(n.sha() for n in exp.graph.nodes)  # the records are in there
 
 
 # ---- item 3: a stray or torn pickle file -------------------------------------------------------
@@ -360,7 +373,7 @@ def _flip_a_byte(directory: str, sha: str) -> str:
 
 
 @pytest.mark.parametrize("recovery", ["verify --repair", "delete the records"])
-def test_the_documented_recovery_from_a_corrupt_blob_works(tmp_path, recovery):
+def test_the_documented_recovery_from_a_corrupt_blob_works(tmp_path, recovery, layout):
     d = str(tmp_path / "exp")
     assert "RUN-DONE" in _script(d, "threads").stdout
     graph = dg.Experiment.restore(d).graph
@@ -376,9 +389,7 @@ def test_the_documented_recovery_from_a_corrupt_blob_works(tmp_path, recovery):
         repaired = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert "repaired" in repaired.stdout, repaired.stdout + repaired.stderr
     else:  # the older advice: delete the damaged state's records; the recomputed state replaces the blob
-        for name in os.listdir(os.path.join(d, "meta")):
-            if name.startswith(victim):
-                os.remove(os.path.join(d, "meta", name))
+        records_io.remove(d, victim)  # (its meta/ files, or its frames in the segments)
     assert "RUN-DONE" in _script(d, "threads").stdout
     checked = _script(d, "check")
     assert checked.stdout.strip().endswith("CHECKED 4"), checked.stdout + checked.stderr  # all 4 restore, right values

@@ -9,7 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from indexdefs import CountingStore
+import records_io
+from indexdefs import CountingStore, count_records
 from indexdefs import records_of as truth
 from paperdefs import listing2
 
@@ -25,6 +26,11 @@ HERE = os.path.dirname(__file__)
 def index_states(directory: str) -> dict[str, dict]:
     with open(os.path.join(directory, rec.INDEX_KEY), "rb") as f:
         return json.loads(f.read())["states"]
+
+
+@pytest.fixture(autouse=True)
+def _count_records(monkeypatch):
+    count_records(monkeypatch)
 
 
 def restored(directory: str) -> tuple[dict[str, dict], CountingStore]:
@@ -48,14 +54,15 @@ def assert_consistent(directory: str) -> CountingStore:
 
 
 @pytest.fixture
-def stored(exp_dir):
+def stored(exp_dir, layout):
+    """Listing 2's experiment, in each layout: the index is refreshed from meta/ files or from segments."""
     listing2(exp_dir)
     return exp_dir
 
 
 def test_fresh_index_reads_no_metadata_file(stored):
     store = assert_consistent(stored)
-    assert store.reads.get("meta", 0) == 0
+    assert store.reads.get("records", 0) == 0 and store.reads.get("meta", 0) == 0
     assert store.reads[rec.INDEX_KEY] == 1
     assert len(truth(stored)) == 5
 
@@ -251,9 +258,9 @@ def test_an_index_without_the_source_column_is_rewritten_whole(exp_dir):
 def test_missing_index_is_rebuilt(stored):
     os.remove(os.path.join(stored, rec.INDEX_KEY))
     store = assert_consistent(stored)
-    assert store.reads["meta"] == 5
+    assert store.reads["records"] == 5
     assert os.path.exists(os.path.join(stored, rec.INDEX_KEY))
-    assert restored(stored)[1].reads.get("meta", 0) == 0  # and the next restore uses it
+    assert restored(stored)[1].reads.get("records", 0) == 0  # and the next restore uses it
 
 
 @pytest.mark.parametrize(
@@ -284,7 +291,7 @@ def test_index_entry_with_wrong_content_but_stale_rev_is_replaced(stored):
     with open(os.path.join(stored, rec.INDEX_KEY), "w") as f:
         json.dump(index, f)
     store = assert_consistent(stored)
-    assert store.reads["meta"] == 1  # only the stale entry is re-read
+    assert store.reads["records"] == 1  # only the stale entry is re-read
     assert "forged" not in json.dumps(index_states(stored))
 
 
@@ -319,7 +326,7 @@ def test_state_added_by_another_process_is_seen(stored):
         f.write(old_index)
     assert len(json.loads(old_index)["states"]) == 5
     store = assert_consistent(stored)
-    assert store.reads["meta"] == 1
+    assert store.reads["records"] == 1  # only the new record is read
     seen, _ = restored(stored)
     assert len(seen) == 6
     assert [m["tags"] for m in seen.values() if "added" in m["tags"]] == [["added"]]
@@ -346,7 +353,7 @@ def test_meta_revision_replaced_by_another_process_is_seen(stored):
     # the superseded revision is gone from the listing, and the index still names it
     assert json.loads(old_index)["states"][changed[0]]["rev"] == before[changed[0]]["rev"]
     store = assert_consistent(stored)
-    assert store.reads["meta"] == 1
+    assert store.reads["records"] == 1  # only the new record is read
     seen, _ = restored(stored)
     assert "retagged" in seen[changed[0]]["tags"]
 
@@ -354,7 +361,7 @@ def test_meta_revision_replaced_by_another_process_is_seen(stored):
 def test_state_removed_behind_the_index_disappears(stored):
     records = rec.Records(LocalStore(stored))
     leaf = max(truth(stored).values(), key=lambda m: m["depth"])
-    os.remove(os.path.join(stored, rec.meta_key(leaf["sha"], leaf["rev"])))
+    records_io.remove(stored, leaf["sha"], leaf["rev"])  # its meta/ file deleted, or its segment record gone
     assert leaf["sha"] in index_states(stored)
     assert_consistent(stored)
     assert leaf["sha"] not in index_states(stored)

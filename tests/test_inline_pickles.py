@@ -2,7 +2,10 @@
 
 The record is written atomically and last, so the state and its pickle appear
 together or not at all. Before a newer revision replaces that record, the
-pickle moves to its own file; readers look there first.
+pickle moves to its own file; readers look there first. The record is a
+``meta/`` file or a segment record: tests that hold in either layout reach it
+through ``records_io``; tests of the ``meta/`` files themselves ask for
+``files_layout``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 
 import numpy as np
 import pytest
+import records_io
 from damage import edit_carried_pickle
 
 import dagger as dg
@@ -26,6 +30,7 @@ from dagger.store.records import (
     INLINE_FIELD,
     INLINE_MAX,
     NEWEST_FORMAT,
+    SEGMENT_FORMAT,
     STORE_FORMAT,
     Records,
     meta_key,
@@ -76,6 +81,13 @@ def build(directory, tags=(), functions=(), k=(1.0, 2.0)):
     return exp, root, kids
 
 
+def build_apart(directory, **kwargs):
+    """:func:`build` through a store object of its own: this process keeps nothing of its run (no
+    segment writer, no reader's cache) for later runs on ``directory``, which then find the folder
+    as the test left it, as a new process would."""
+    return build(LocalStore(directory), **kwargs)
+
+
 def files(directory, folder):
     out = []
     for dirpath, _, names in os.walk(os.path.join(directory, folder)):
@@ -84,21 +96,40 @@ def files(directory, folder):
 
 
 def record(directory, sha, rev=FIRST_REV):
-    with open(os.path.join(directory, meta_key(sha, rev)), "rb") as f:
-        return json.loads(f.read())
+    """``sha``'s commit record at ``rev`` as stored (with the pickle it carries), in either layout."""
+    return records_io.read_json(directory, sha, rev)
 
 
-def test_a_small_state_is_committed_as_one_file_that_carries_its_pickle(exp_dir):
+def current_revision(directory, sha):
+    """The revision of ``sha`` that readers see. Where records are ``meta/`` files, also checks that
+    the replaced ones are gone (in a segment a replaced record stays, shadowed, until compaction)."""
+    rev = records_io.newest_rev(directory, sha)
+    if not records_io.in_segments(directory, sha, rev):
+        assert records_io.revs(directory, sha) == [rev]
+    return rev
+
+
+def carries_pickle(directory, sha):
+    """Whether readers (a fresh process) find ``sha``'s pickle in its first commit record."""
+    return Records(LocalStore(directory)).carries_pickle(sha)
+
+
+def test_a_small_state_is_committed_as_one_file_that_carries_its_pickle(exp_dir, layout):
     exp, root, kids = build(exp_dir)
     exp.run(progress=False)
     shas = [root._sha] + [k._sha for k in kids]
     assert files(exp_dir, "states") == []  # no pickle file at all
-    assert sorted(os.listdir(os.path.join(exp_dir, "meta"))) == sorted(f"{s}.{FIRST_REV}.json" for s in shas)
+    assert records_io.every_sha(exp_dir) == sorted(shas)
+    assert all(records_io.revs(exp_dir, s) == [FIRST_REV] for s in shas)  # one record per state
+    if layout == "files":
+        assert sorted(os.listdir(os.path.join(exp_dir, "meta"))) == sorted(f"{s}.{FIRST_REV}.json" for s in shas)
+    else:
+        assert not os.path.exists(os.path.join(exp_dir, "meta"))
     records = Records(LocalStore(exp_dir))
     for sha in shas:
         carried = base64.b64decode(record(exp_dir, sha)[INLINE_FIELD])
         key, raw = records.read_pickle(sha)
-        assert key == meta_key(sha, FIRST_REV) and raw == carried
+        assert key == records_io.label(exp_dir, sha, FIRST_REV) and raw == carried
         assert records.read_meta(sha, FIRST_REV)["pickle_bytes"] == len(carried)
         assert INLINE_FIELD not in records.read_meta(sha, FIRST_REV)  # metadata never shows it
     index = open(os.path.join(exp_dir, INDEX_KEY), "rb").read()
@@ -125,13 +156,8 @@ def test_a_large_pickle_keeps_its_own_file(exp_dir):
     assert restored.items[-1] == 19_999.0
 
 
-def _only_revision(directory, sha):
-    (name,) = [n for n in os.listdir(os.path.join(directory, "meta")) if n.startswith(sha)]
-    return name.split(".")[1]
-
-
 @pytest.mark.parametrize("change", ["tags", "functions"])
-def test_a_newer_revision_first_gives_the_pickle_its_own_file(exp_dir, change):
+def test_a_newer_revision_first_gives_the_pickle_its_own_file(exp_dir, change, layout):
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
     sha = kids[0]._sha
@@ -144,8 +170,9 @@ def test_a_newer_revision_first_gives_the_pickle_its_own_file(exp_dir, change):
     report = exp2.run(progress=False)
     assert report.computed == []  # nothing recomputed: only metadata changed
 
-    rev = _only_revision(exp_dir, sha)
+    rev = current_revision(exp_dir, sha)
     assert rev > FIRST_REV  # the first record is gone, replaced by a newer revision
+    assert not carries_pickle(exp_dir, sha)
     with open(os.path.join(exp_dir, state_key(sha)), "rb") as f:
         assert f.read() == carried  # which it handed its pickle first, byte for byte
     node = dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha)
@@ -157,7 +184,7 @@ def test_a_newer_revision_first_gives_the_pickle_its_own_file(exp_dir, change):
     assert verify(exp2.records).ok
 
 
-def test_committed_meanwhile_is_seen_before_and_after_the_pickle_moves(exp_dir):
+def test_committed_meanwhile_is_seen_before_and_after_the_pickle_moves(exp_dir, layout):
     exp, root, kids = build(exp_dir)
     records = Records(LocalStore(exp_dir))
     assert _already_committed(records, kids[0]._sha) == (None, False)  # nothing yet, no file
@@ -167,40 +194,44 @@ def test_committed_meanwhile_is_seen_before_and_after_the_pickle_moves(exp_dir):
 
     exp2, _, _ = build(exp_dir, tags=("later",))
     exp2.run(progress=False)  # a newer revision: the first record is gone, the pickle has its file
-    assert not os.path.exists(os.path.join(exp_dir, meta_key(kids[0]._sha, FIRST_REV)))
+    assert current_revision(exp_dir, kids[0]._sha) > FIRST_REV and not carries_pickle(exp_dir, kids[0]._sha)
     found, _ = _already_committed(records, kids[0]._sha)  # seen through the pickle file
     assert found is not None and found["tags"] == ["later"]
     assert os.path.exists(os.path.join(exp_dir, state_key(kids[0]._sha)))
 
-    for name in os.listdir(os.path.join(exp_dir, "meta")):
-        if name.startswith(kids[0]._sha):
-            os.remove(os.path.join(exp_dir, "meta", name))
+    Records(LocalStore(exp_dir)).remove_records(kids[0]._sha)  # as another process deletes them
     assert _already_committed(records, kids[0]._sha) == (None, True)  # not committed: a leftover file
 
 
 class _MovesOutDuringRead(LocalStore):
-    """A store where another process moves a pickle out of its first record just as we look for it."""
+    """A store where another process moves a pickle out of its first record just after we found no
+    pickle file, and before we look in that record."""
 
     def __init__(self, path):
         super().__init__(path)
         self.moved = False
 
     def get(self, key):
-        if key.endswith(f".{FIRST_REV}.json") and not self.moved:
-            self.moved = True
-            other = Records(LocalStore(self.root))
-            sha = key.removeprefix("meta/").split(".")[0]
-            other.externalize_pickle(sha)
-            os.remove(os.path.join(self.root, key))  # ...and its newer revision replaced the record
-        return super().get(key)
+        try:
+            return super().get(key)
+        except FileNotFoundError:
+            if key.startswith("states/") and not self.moved:
+                self.moved = True
+                other = Records(LocalStore(self.root))
+                sha = key.rsplit("/", 1)[-1].removesuffix(".pkl")
+                # A newer revision replaces the first record: the pickle moves to its file first.
+                other.write_meta(other.read_meta(sha, FIRST_REV), old_rev=FIRST_REV)
+                other.close()
+            raise
 
 
-def test_a_reader_that_misses_both_while_the_pickle_moves_finds_its_file(exp_dir):
+def test_a_reader_that_misses_both_while_the_pickle_moves_finds_its_file(exp_dir, layout):
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
     store = _MovesOutDuringRead(exp_dir)
     key, raw = Records(store).read_pickle(kids[1]._sha)
     assert store.moved and key == state_key(kids[1]._sha)
+    assert records_io.newest_rev(exp_dir, kids[1]._sha) > FIRST_REV  # the record it missed was replaced
     assert Records(store).load_pickle(kids[1]._sha).w.tolist() == [2.0, 3.0, 4.0, 5.0]
 
 
@@ -217,7 +248,12 @@ def test_gc_keeps_blobs_named_only_by_carried_pickles(exp_dir):
 
 
 def _crash_after_a_newer_revision(directory):
-    """A state's newer revision written, the first one (which carries the pickle) not yet removed: as a crash leaves it."""
+    """A state's newer revision written, the first one (which carries the pickle) not yet removed: as a crash leaves it.
+
+    ``meta/`` files only: gc removes a superseded first record's file there, once it gave the pickle
+    its file. (In segments a newer record is appended only after the pickle has its file, and
+    superseded records go by compaction, unread.)
+    """
     exp, _, kids = build(directory)
     exp.run(progress=False)
     sha = kids[0]._sha
@@ -230,7 +266,8 @@ def _crash_after_a_newer_revision(directory):
     return sha
 
 
-def test_gc_gives_the_pickle_its_file_before_removing_a_superseded_first_record(exp_dir):
+def test_gc_gives_the_pickle_its_file_before_removing_a_superseded_first_record(exp_dir, files_layout):
+    # Of superseded meta/ files (see _crash_after_a_newer_revision).
     sha = _crash_after_a_newer_revision(exp_dir)
 
     report = gc(Records(LocalStore(exp_dir)))
@@ -241,14 +278,15 @@ def test_gc_gives_the_pickle_its_file_before_removing_a_superseded_first_record(
     assert node.restore().w.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_gc_dry_run_moves_nothing(exp_dir):
+def test_gc_dry_run_moves_nothing(exp_dir, files_layout):
+    # Of superseded meta/ files (see _crash_after_a_newer_revision).
     sha = _crash_after_a_newer_revision(exp_dir)
     gc(Records(LocalStore(exp_dir)), dry_run=True)
     assert os.path.exists(os.path.join(exp_dir, meta_key(sha, FIRST_REV)))
     assert not os.path.exists(os.path.join(exp_dir, state_key(sha)))
 
 
-def test_a_damaged_carried_pickle_is_named_by_restore_and_verify(exp_dir):
+def test_a_damaged_carried_pickle_is_named_by_restore_and_verify(exp_dir, layout):
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
     sha = kids[0]._sha
@@ -258,8 +296,8 @@ def test_a_damaged_carried_pickle_is_named_by_restore_and_verify(exp_dir):
         damaged[-3] ^= 0x01
         return bytes(damaged)
 
-    edit_carried_pickle(exp_dir, sha, flip)
-    key = meta_key(sha, FIRST_REV)
+    key = edit_carried_pickle(exp_dir, sha, flip)
+    assert key == records_io.label(exp_dir, sha, FIRST_REV)
     with pytest.raises(dg.CorruptRecordError) as info:
         dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).restore()
     assert key in str(info.value) and "does not match its checksum" in str(info.value)
@@ -267,23 +305,21 @@ def test_a_damaged_carried_pickle_is_named_by_restore_and_verify(exp_dir):
     assert [(p.state, p.file) for p in problems] == [(sha, key)]
 
 
-def test_a_carried_pickle_that_is_not_base64_is_a_corrupt_record(exp_dir):
+def test_a_carried_pickle_that_is_not_base64_is_a_corrupt_record(exp_dir, layout):
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
     sha = kids[0]._sha
-    path = os.path.join(exp_dir, meta_key(sha, FIRST_REV))
-    broken = record(exp_dir, sha)
-    broken[INLINE_FIELD] = "not base64 at all!"
-    with open(path, "w") as f:
-        json.dump(broken, f)
-    with pytest.raises(dg.CorruptRecordError, match="not valid base64"):
+    where = records_io.edit_json(exp_dir, sha, lambda r: r.update({INLINE_FIELD: "not base64 at all!"}), FIRST_REV)
+    with pytest.raises(dg.CorruptRecordError, match="not valid base64") as info:
         dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).restore()
+    assert where in str(info.value)
     problems = verify(Records(LocalStore(exp_dir))).problems
-    assert [(p.state, p.file) for p in problems] == [(sha, meta_key(sha, FIRST_REV))]
+    assert [(p.state, p.file) for p in problems] == [(sha, where)]
     assert "not valid base64" in problems[0].message
 
 
-def test_a_memory_store_commits_one_object_per_state(tmp_path):
+def test_a_memory_store_commits_one_object_per_state(tmp_path, files_layout):
+    # Store objects per state: one meta/ object each (in segments, records go in batches).
     directory = f"memory://{tmp_path.name}/exp"
     exp, root, kids = build(directory)
     exp.run(progress=False)
@@ -296,7 +332,7 @@ def test_a_memory_store_commits_one_object_per_state(tmp_path):
     assert restored.w.tolist() == [2.0, 3.0, 4.0, 5.0]
 
 
-def test_a_pending_pickle_written_over_a_first_record_gets_its_own_file(exp_dir):
+def test_a_pending_pickle_written_over_a_first_record_gets_its_own_file(exp_dir, layout):
     """A replacing commit (on_code_change="rerun") never leaves its pickle in a record readers skip."""
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
@@ -309,7 +345,7 @@ def test_a_pending_pickle_written_over_a_first_record_gets_its_own_file(exp_dir)
     meta.update(records.save_pickle(sha, state, inline=True))
     rev = records.write_meta(meta, old_rev=FIRST_REV)
     assert rev > FIRST_REV and INLINE_FIELD not in record(exp_dir, sha, rev)
-    assert _only_revision(exp_dir, sha) == rev
+    assert current_revision(exp_dir, sha) == rev and not carries_pickle(exp_dir, sha)
     records.forget_recent()
     assert records.read_pickle(sha)[0] == state_key(sha)
     assert records.load_pickle(sha).w.tolist() == [10.0, 20.0, 30.0, 40.0]  # the new pickle, not the carried one
@@ -323,10 +359,11 @@ def _experiment_format(directory):
         return json.loads(f.read())["format"]
 
 
-def test_a_new_experiment_says_its_layout_and_an_older_one_is_marked_before_its_first_carried_pickle(exp_dir):
-    exp, _, _ = build(exp_dir)
+def test_a_new_experiment_says_its_layout_and_an_older_one_is_marked_before_its_first_carried_pickle(exp_dir, layout):
+    marked = STORE_FORMAT if layout == "files" else SEGMENT_FORMAT  # (segment records carry pickles too)
+    exp, _, _ = build_apart(exp_dir)
     exp.run(progress=False)
-    assert _experiment_format(exp_dir) == STORE_FORMAT == 2
+    assert _experiment_format(exp_dir) == marked and (STORE_FORMAT, SEGMENT_FORMAT) == (2, 3)
 
     # An experiment begun by an older dagger (layout 1: a pickle file for every state)...
     path = os.path.join(exp_dir, "experiment.json")
@@ -340,7 +377,7 @@ def test_a_new_experiment_says_its_layout_and_an_older_one_is_marked_before_its_
     assert _experiment_format(exp_dir) == 1  # nothing written, nothing marked
     grown, _, _ = build(exp_dir, k=(1.0, 2.0, 3.0))
     grown.run(progress=False)  # ...is marked once it holds a record that carries a pickle
-    assert _experiment_format(exp_dir) == 2
+    assert _experiment_format(exp_dir) == marked
 
 
 def test_a_folder_of_a_newer_layout_is_refused(exp_dir):
@@ -357,9 +394,9 @@ def test_a_folder_of_a_newer_layout_is_refused(exp_dir):
 
 
 @pytest.mark.parametrize("how", ["damaged then recomputed", "left by a killed run"])
-def test_a_leftover_pickle_file_is_written_over_when_the_state_is_computed(exp_dir, how):
+def test_a_leftover_pickle_file_is_written_over_when_the_state_is_computed(exp_dir, how, layout):
     """Readers look at a pickle file first: a recomputed state never leaves a stale one in front of its own."""
-    exp, _, kids = build(exp_dir)
+    exp, _, kids = build_apart(exp_dir)
     exp.run(progress=False)
     sha = kids[0]._sha
     path = os.path.join(exp_dir, state_key(sha))
@@ -375,9 +412,7 @@ def test_a_leftover_pickle_file_is_written_over_when_the_state_is_computed(exp_d
         other = records.load_pickle(sha)
         other.w = other.w + 99
         records.save_pickle(sha, other)
-    for name in os.listdir(os.path.join(exp_dir, "meta")):
-        if name.startswith(sha):
-            os.remove(os.path.join(exp_dir, "meta", name))
+    records_io.remove(exp_dir, sha)  # its records gone, as if never written (a killed run) or deleted by hand
 
     again, _, kids2 = build(exp_dir)
     assert [s.sha for s in again.run(progress=False).computed] == [sha]
@@ -442,7 +477,8 @@ def test_the_size_bound_counts_the_header_too(exp_dir):
     assert os.path.getsize(os.path.join(exp_dir, state_key(many._sha))) == meta["pickle_bytes"]
 
 
-def test_gc_keeps_an_unreadable_first_record_that_may_carry_the_only_pickle(exp_dir):
+def test_gc_keeps_an_unreadable_first_record_that_may_carry_the_only_pickle(exp_dir, files_layout):
+    # Of superseded meta/ files (see _crash_after_a_newer_revision).
     sha = _crash_after_a_newer_revision(exp_dir)
     first = os.path.join(exp_dir, meta_key(sha, FIRST_REV))
     with open(first, "rb") as f:
@@ -455,15 +491,19 @@ def test_gc_keeps_an_unreadable_first_record_that_may_carry_the_only_pickle(exp_
     assert any(p.file == meta_key(sha, FIRST_REV) for p in verify(Records(LocalStore(exp_dir))).problems)
 
 
-def test_a_rerun_whose_functions_give_the_same_results_writes_nothing(exp_dir):
+def test_a_rerun_whose_functions_give_the_same_results_writes_nothing(exp_dir, layout):
     exp, _, kids = build(exp_dir, functions=(mean_w,))
     exp.run(progress=False)
     sha = kids[0]._sha
-    before = sorted(os.listdir(os.path.join(exp_dir, "meta")))
+
+    def stored():  # every stored revision of every state (in segments, replaced ones too)
+        return {s: records_io.revs(exp_dir, s) for s in records_io.every_sha(exp_dir)}
+
+    before = stored()
     again, _, _ = build(exp_dir, functions=(mean_w,))
     report = again.run(progress=False)
     assert report.computed == []
-    assert sorted(os.listdir(os.path.join(exp_dir, "meta"))) == before  # same revisions: nothing rewritten
+    assert stored() == before  # same revisions: nothing rewritten
     assert files(exp_dir, "states") == []  # and every pickle still travels in its record
     assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).results["mean_w"] == 2.5
 
@@ -472,11 +512,11 @@ def test_a_rerun_whose_functions_give_the_same_results_writes_nothing(exp_dir):
 
     third, _, _ = build(exp_dir, functions=(mean_w_plus,))
     third.run(progress=False)  # a new result: a new revision
-    assert _only_revision(exp_dir, sha) > FIRST_REV
+    assert current_revision(exp_dir, sha) > FIRST_REV
     assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).results["mean_w_plus"] == 3.5
 
 
-def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried(exp_dir):
+def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried(exp_dir, layout):
     from dagger.cli.browse import _stored_files
 
     exp = dg.Experiment(exp_dir, state_class=Small)
@@ -485,7 +525,8 @@ def test_inspect_says_where_the_pickle_is_and_never_calls_a_missing_file_carried
     exp.run(progress=False)
     tree = dg.Experiment.restore(exp_dir, state_class=Small)
     carried = _stored_files(tree, tree.graph.node(root._sha))["pickle"]
-    assert carried["key"] == meta_key(root._sha, FIRST_REV) and carried["where"] == "carried by the commit record"
+    assert carried["key"] == records_io.label(exp_dir, root._sha, FIRST_REV)
+    assert carried["where"] == "carried by the commit record"
     own = _stored_files(tree, tree.graph.node(grown._sha))["pickle"]
     assert own["key"] == state_key(grown._sha) and own["where"] == "own file" and own["bytes"] > INLINE_MAX
     os.remove(os.path.join(exp_dir, state_key(grown._sha)))  # its first record carries no pickle
@@ -505,7 +546,7 @@ class _FullDiskForPickleFiles(LocalStore):
         return super().put_if_absent(key, data)
 
 
-def test_a_failure_to_move_a_pickle_out_names_the_state_and_keeps_the_record(exp_dir):
+def test_a_failure_to_move_a_pickle_out_names_the_state_and_keeps_the_record(exp_dir, layout):
     exp, _, kids = build(exp_dir)
     exp.run(progress=False)
     sha = kids[0]._sha
@@ -515,5 +556,6 @@ def test_a_failure_to_move_a_pickle_out_names_the_state_and_keeps_the_record(exp
     with pytest.raises(dg.RunFailedError) as info:
         again.run(progress=False)
     assert f"could not save state {sha[:12]}" in str(info.value) and os.strerror(errno.ENOSPC) in str(info.value)
-    assert _only_revision(exp_dir, sha) == FIRST_REV  # the record that carries the pickle is still there
+    assert records_io.revs(exp_dir, sha) == [FIRST_REV]  # the record that carries the pickle is still there
+    assert carries_pickle(exp_dir, sha)
     assert dg.Experiment.restore(exp_dir, state_class=Small).graph.node(sha).restore().w.tolist() == [1.0, 2.0, 3.0, 4.0]

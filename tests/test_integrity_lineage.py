@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
+import records_io
 from typer.testing import CliRunner
 
 import dagger as dg
@@ -20,8 +20,8 @@ def invoke(*args):
 
 
 @pytest.fixture
-def tree(exp_dir):
-    """root -> a -> c -> d, and root -> b: hashes by name."""
+def tree(exp_dir, layout):
+    """root -> a -> c -> d, and root -> b: hashes by name (in each layout)."""
     from paperdefs import PruneRecipe, State, TrainRecipe, eval_fn
 
     exp = dg.Experiment(exp_dir, state_class=State)
@@ -32,17 +32,17 @@ def tree(exp_dir):
     d = PruneRecipe(pruning_technique="random", pruning_fraction=0.5)(c)
     eval_fn(d)
     exp.run(progress=False)
+    assert records_io.in_segments(exp_dir, a.sha()) == (layout == "segments")
     return exp_dir, {"root": root.sha(), "a": a.sha(), "b": b.sha(), "c": c.sha(), "d": d.sha()}
 
 
 def set_parent(directory: str, sha: str, parent: str | None) -> None:
     """Edit ``sha``'s newest commit record so that it names ``parent``; drop the derived index."""
-    names = sorted(n for n in os.listdir(os.path.join(directory, "meta")) if n.startswith(sha))
-    path = os.path.join(directory, "meta", names[-1])
-    record = json.load(open(path))
-    record["parent"] = parent
-    with open(path, "w") as f:
-        json.dump(record, f)
+
+    def edit(record: dict) -> None:
+        record["parent"] = parent
+
+    records_io.edit_json(directory, sha, edit)
     os.remove(os.path.join(directory, "index.json"))
 
 

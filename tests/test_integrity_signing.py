@@ -7,12 +7,13 @@ import os
 import pickle
 
 import pytest
+import records_io
 from damage import edit_carried_pickle, pickle_bytes
 
 import dagger as dg
 from dagger.errors import UntrustedPickleError
 from dagger.store import digest, signing
-from dagger.store.records import FIRST_REV, Records, meta_key
+from dagger.store.records import FIRST_REV, Records
 
 KEY = "k" * 32  # a test key (at least 16 characters)
 
@@ -48,11 +49,11 @@ def plant(directory: str, sha: str, payload: bytes, header: dict) -> None:
 
 def fix_size(directory: str, sha: str, size: int) -> None:
     """Make the record's pickle size agree (so that only the binding can tell)."""
-    path = os.path.join(directory, meta_key(sha, FIRST_REV))
-    record = json.load(open(path))
-    record["pickle_bytes"] = size
-    with open(path, "w") as f:
-        json.dump(record, f, separators=(",", ":"))
+
+    def edit(record: dict) -> None:
+        record["pickle_bytes"] = size
+
+    records_io.edit_json(directory, sha, edit, FIRST_REV)
     index = os.path.join(directory, "index.json")
     if os.path.exists(index):  # derived from the records just edited (verify would report it stale)
         os.remove(index)
@@ -61,11 +62,12 @@ def fix_size(directory: str, sha: str, size: int) -> None:
 # ---- the pickle names its state ---------------------------------------------------------------
 
 
-def test_a_pickle_copied_from_another_state_is_refused_and_reported(exp_dir):
+def test_a_pickle_copied_from_another_state_is_refused_and_reported(exp_dir, layout):
     exp, sha = build(exp_dir)
     exp.run(progress=False)
     root_pickle = pickle_bytes(exp_dir, sha["root"])
-    edit_carried_pickle(exp_dir, sha["a"], lambda _: root_pickle)
+    where = edit_carried_pickle(exp_dir, sha["a"], lambda _: root_pickle)
+    assert where.startswith("segments/" if layout == "segments" else "meta/")
     fix_size(exp_dir, sha["a"], len(root_pickle))
     node = dg.Experiment.restore(exp_dir).graph.node(sha["a"])
     with pytest.raises(UntrustedPickleError, match=f"state {sha['a'][:12]}.*pickle of state {sha['root'][:12]}"):
@@ -77,7 +79,7 @@ def test_a_pickle_copied_from_another_state_is_refused_and_reported(exp_dir):
     assert dg.Experiment.restore(exp_dir).graph.node(sha["b"]).restore().model is not None  # others unharmed
 
 
-def test_pickles_written_before_they_named_their_state_still_restore(exp_dir):
+def test_pickles_written_before_they_named_their_state_still_restore(exp_dir, layout):
     exp, sha = build(exp_dir)
     exp.run(progress=False)
     for s in sha.values():  # strip the binding, as an older dagger wrote headers
@@ -140,7 +142,7 @@ def test_an_edited_tag_column_in_the_index_is_reported(exp_dir):
 # ---- the signing key -----------------------------------------------------------------------------
 
 
-def test_a_signed_experiment_restores_and_verifies(exp_dir):
+def test_a_signed_experiment_restores_and_verifies(exp_dir, layout):
     exp, sha = build(exp_dir, signing_key=KEY)
     exp.run(progress=False)
     header = json.loads(pickle_bytes(exp_dir, sha["b"]).split(b"\n", 1)[0])
@@ -156,7 +158,7 @@ def test_a_signed_experiment_restores_and_verifies(exp_dir):
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "other key", "signed for another state", "legacy header"])
-def test_a_planted_pickle_with_a_rewritten_checksum_never_runs(exp_dir, tmp_path, forgery):
+def test_a_planted_pickle_with_a_rewritten_checksum_never_runs(exp_dir, tmp_path, layout, forgery):
     exp, sha = build(exp_dir, signing_key=KEY)
     exp.run(progress=False)
     marker = str(tmp_path / "PWNED")
@@ -186,7 +188,7 @@ def test_a_planted_pickle_with_a_rewritten_checksum_never_runs(exp_dir, tmp_path
     assert os.path.exists(marker)
 
 
-def test_the_key_comes_from_the_environment_and_guards_workers(exp_dir, tmp_path, monkeypatch):
+def test_the_key_comes_from_the_environment_and_guards_workers(exp_dir, tmp_path, layout, monkeypatch):
     from paperdefs import PruneRecipe
 
     monkeypatch.setenv(signing.ENV_KEY, KEY)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
+import records_io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -41,33 +41,42 @@ BAD_FIELDS = [
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """root -> a -> b (with a Function result), root -> c: built once, copied per test."""
-    from paperdefs import PruneRecipe, State, TrainRecipe, eval_fn
+def built(tmp_path_factory):
+    """One pristine experiment per layout, built once (in the layout the ``layout`` fixture asks for)."""
+    return {}
 
-    directory = str(tmp_path_factory.mktemp("types") / "exp")
-    exp = dg.Experiment(directory, state_class=State)
-    root = exp.spawn_new_tree(dataset_name="d", model_name="m")
-    with exp.tag("lr:0.1"):
-        a = TrainRecipe(nb_epochs=1, lr=0.1)(root)
-        b = PruneRecipe(pruning_technique="random", pruning_fraction=0.5)(a)
-    c = TrainRecipe(nb_epochs=2, lr=0.2)(root)
-    eval_fn(b)
-    exp.run(progress=False)
-    return directory, {"root": root.sha(), "a": a.sha(), "b": b.sha(), "c": c.sha()}
+
+@pytest.fixture
+def pristine(layout, built, tmp_path_factory):
+    """root -> a -> b (with a Function result), root -> c: built once per layout, copied per test."""
+    if layout not in built:
+        from paperdefs import PruneRecipe, State, TrainRecipe, eval_fn
+
+        directory = str(tmp_path_factory.mktemp(f"types-{layout}") / "exp")
+        exp = dg.Experiment(directory, state_class=State)
+        root = exp.spawn_new_tree(dataset_name="d", model_name="m")
+        with exp.tag("lr:0.1"):
+            a = TrainRecipe(nb_epochs=1, lr=0.1)(root)
+            b = PruneRecipe(pruning_technique="random", pruning_fraction=0.5)(a)
+        c = TrainRecipe(nb_epochs=2, lr=0.2)(root)
+        eval_fn(b)
+        exp.run(progress=False)
+        sha = {"root": root.sha(), "a": a.sha(), "b": b.sha(), "c": c.sha()}
+        assert records_io.in_segments(directory, sha["b"]) == (layout == "segments")
+        built[layout] = directory, sha
+    return built[layout]
 
 
 def damaged_copy(pristine, tmp_path, name, field, value):
     source, sha = pristine
     directory = str(tmp_path / "exp")
     shutil.copytree(source, directory)
-    meta = os.path.join(directory, "meta")
-    (record,) = [n for n in os.listdir(meta) if n.startswith(sha[name])]
-    path = os.path.join(meta, record)
-    data = json.load(open(path))
-    data[field] = value
-    with open(path, "w") as f:
-        json.dump(data, f)
+    (rev,) = records_io.revs(directory, sha[name])  # the state's one record
+
+    def damage(record: dict) -> None:
+        record[field] = value
+
+    records_io.edit_json(directory, sha[name], damage, rev)
     os.remove(os.path.join(directory, "index.json"))  # else the index's good copy is what browsing reads
     return directory, sha
 
@@ -100,7 +109,7 @@ def test_every_command_skips_a_record_with_a_wrong_type(pristine, tmp_path, fiel
     assert report.exit_code == 1 and f"state {sha['b'][:12]}" in report.output and f"'{field}'" in report.output
     assert runner.invoke(cli.app, ["gc", directory]).exit_code == 0
     # gc kept the damaged state's record and pickle: deleting the record recomputes it, as the docs say.
-    assert any(n.startswith(sha["b"]) for n in os.listdir(os.path.join(directory, "meta")))
+    assert records_io.revs(directory, sha["b"]) and records_io.read_json(directory, sha["b"])[field] == value
 
 
 def test_a_wrong_type_in_the_index_falls_back_to_the_record(pristine, tmp_path):

@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import pytest
+import records_io
 import torch
-from damage import edit_carried_pickle, pickle_bytes, sole_pickle_file
+from damage import carried_record, edit_carried_pickle, pickle_bytes, sole_pickle_file
 
 import dagger as dg
 from dagger.store import pickling
-from dagger.store.records import FIRST_REV, Records, blob_key, meta_key, state_key
+from dagger.store.records import Records, blob_key, meta_key, state_key
 
 
 class MemoryBlobs:
@@ -274,8 +275,8 @@ def test_corrupt_state_pickle(exp_dir, where):
         def store(data):
             open(path, "wb").write(data)
 
-    else:  # the copy the state's first commit record carries
-        key = meta_key(sha, FIRST_REV)
+    else:  # the copy the state's first commit record carries (its meta/ file or its segment record)
+        key = carried_record(exp_dir, sha)
 
         def store(data):
             edit_carried_pickle(exp_dir, sha, lambda _: data)
@@ -392,18 +393,21 @@ def test_untyped_storage_roundtrip():
     )
 
 
-def test_meta_revisions_only_move_forward(exp_dir):
+def test_meta_revisions_only_move_forward(exp_dir, layout):
     exp = dg.Experiment(exp_dir, state_class=DataState)
     root = exp.spawn_new_tree(n=10)
     exp.run()
     records = Records(exp.store)
     meta = records.read_meta(root.sha(), records.committed()[root.sha()])
     future = "f" * 15 + "0" + "0000"  # a revision from a clock far ahead
-    records.store.put(meta_key(root.sha(), future), records.store.get(meta_key(root.sha(), meta["rev"])))
-    records.store.delete(meta_key(root.sha(), meta["rev"]))
+    records_io.add_record(exp_dir, root.sha(), future, records_io.read_bytes(exp_dir, root.sha(), meta["rev"]))
+    records_io.remove(exp_dir, root.sha(), meta["rev"])
+    assert records_io.revs(exp_dir, root.sha()) == [future]
     meta["rev"] = future
     meta["note"] = "newer"
     new = records.write_meta(meta, old_rev=future)
     assert new > future and records.committed() == {root.sha(): new}
     assert records.read_meta(root.sha(), new)["note"] == "newer"
-    assert not os.path.exists(os.path.join(exp_dir, meta_key(root.sha(), future)))
+    assert Records(exp.store).committed() == {root.sha(): new} and records_io.newest_rev(exp_dir, root.sha()) == new
+    if layout == "files":  # the replaced meta/ file goes at once (a superseded segment record, at compaction)
+        assert not os.path.exists(os.path.join(exp_dir, meta_key(root.sha(), future)))

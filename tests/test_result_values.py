@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+import records_io
 
 import dagger as dg
 
@@ -108,8 +109,8 @@ def test_unstorable_results_are_function_failures_and_the_state_is_saved(tmp_pat
     second = run_script(tmp_path)
     assert second["status"] == "cached"  # ... and never redone
     assert (tmp_path / "work.log").read_text().count("trained") == 1
-    stored = [n for n in os.listdir(tmp_path / "exp" / "meta") if n.startswith(first["sha"])]
-    assert stored  # a commit record, not a failure record
+    # a commit record (its meta/ file or segment record), not a failure record
+    assert records_io.revs(str(tmp_path / "exp"), first["sha"])
     assert not os.path.exists(tmp_path / "exp" / "failed" / f"{first['sha']}.json")
 
 

@@ -8,6 +8,7 @@ code before segments existed, opened, extended and migrated here.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from dagger.store import FsspecStore, LocalStore
 from dagger.store import segments as sg
 from dagger.store.layout import SEGMENT_FORMAT, SEGMENTS_ENV
 from dagger.store.maintenance import gc, verify
-from dagger.store.records import Records
+from dagger.store.records import FIRST_REV, Records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "migratedefs.py")
@@ -32,8 +33,7 @@ def _env(segments: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != SEGMENTS_ENV}
     env["PYTHONPATH"] = os.pathsep.join([SRC, HERE])
     env["DAGGER_PROGRESS"] = "0"
-    if segments:
-        env[SEGMENTS_ENV] = "1"
+    env[SEGMENTS_ENV] = "1" if segments else "0"
     return env
 
 
@@ -352,3 +352,135 @@ def test_state_path_names_the_file_that_holds_its_record(tmp_path, segments):
         if segments:
             with open(path, "rb") as f:
                 assert node.sha().encode() in f.read()  # the segment really holds its record
+
+
+def test_a_damaged_byte_mid_segment_costs_one_state_gc_keeps_every_blob_and_repair_recomputes_it(tmp_path):
+    """A byte changed on the device inside one record of a segment: that record is lost, never the records
+    after it; gc removes no blob nor pickle while the segment is damaged; `verify --repair` rewrites it and
+    the next run recomputes exactly the state whose record was lost."""
+    from storedefs import read_calls
+
+    directory = str(tmp_path / "exp")
+    script = os.path.join(HERE, "storedefs.py")
+    made = subprocess.run([sys.executable, script, directory, "0.5", "0.25", "6", "2"], env=_env(True), timeout=300)
+    assert made.returncode == 0
+    everyone = set(Records(LocalStore(directory)).committed())
+    (name,) = _segment_files(directory)
+    path = os.path.join(directory, sg.FOLDER, name)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    scan = sg.decode_segment(bytes(data))
+    keys = [r.key for r in scan.records]
+    middle = [i for i in range(1, len(keys) - 2) if keys.count(keys[i]) == 1]
+    victim = scan.records[middle[len(middle) // 2]]  # a state with one record, with records after it
+    data[data.index(victim.payload) + len(victim.payload) // 2] ^= 0x20
+    with open(path, "wb") as f:
+        f.write(data)
+
+    records = Records(LocalStore(directory))
+    assert set(records.committed()) == everyone - {victim.key}  # the records after the damage are read
+    blobs, pickles = sorted(os.listdir(os.path.join(directory, "blobs"))), _tree(directory, "states")
+    report = gc(records)
+    assert "damaged" in str(report) and not report.removed["blobs"] and not report.removed["orphan_pickles"]
+    assert sorted(os.listdir(os.path.join(directory, "blobs"))) == blobs and _tree(directory, "states") == pickles
+    with open(path, "rb") as f:
+        assert f.read() == bytes(data)  # never compacted away
+    report = verify(Records(LocalStore(directory)))
+    assert not report.ok and [p.file for p in report.problems] == [f"{sg.FOLDER}/{name}"], str(report)
+
+    # A segment that a live process holds open is never rewritten (it may still append to it).
+    with open(path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)
+        busy = verify(Records(LocalStore(directory)), repair=True)
+    assert os.path.exists(path) and any("still holds it open" in n for n in busy.notes), str(busy)
+    repaired = verify(Records(LocalStore(directory)), repair=True)
+    assert f"{sg.FOLDER}/{name}" in repaired.repaired and not os.path.exists(path)
+    assert verify(Records(LocalStore(directory))).ok
+    calls = str(tmp_path / "calls")
+    again = subprocess.run(made.args, env={**_env(True), "DAGGER_TEST_CALLS": calls}, timeout=300)
+    assert again.returncode == 0 and [sha for _, _, sha in read_calls(calls)] == [victim.key]
+    assert set(Records(LocalStore(directory)).committed()) == everyone and verify(Records(LocalStore(directory))).ok
+
+
+def _tree(directory: str, sub: str) -> list[str]:
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(os.path.join(directory, sub)) for n in names)
+
+
+def test_a_state_removed_by_a_tombstone_is_committed_again_when_recomputed(tmp_path, monkeypatch):
+    """`verify --repair` and `gc --unreachable` remove a state in segments with a tombstone: recomputing
+    it commits it again (its new record sorts above the tombstone), and the run after computes nothing."""
+    from storedefs import build
+
+    monkeypatch.setenv(SEGMENTS_ENV, "1")
+    directory = str(tmp_path / "exp")
+    exp, _, leaves = build(directory, data_mb=0.1, model_mb=0.1, width=2, depth=1)
+    exp.run(progress=False)
+    victim = leaves[0].sha()
+    records = Records(LocalStore(directory))
+    model = records.load_pickle(victim).model.sum()
+    assert records.remove_records(victim) == [f"{sg.FOLDER}/{victim}"]
+    assert victim not in Records(LocalStore(directory)).committed()
+    again, _, _ = build(directory, data_mb=0.1, model_mb=0.1, width=2, depth=1)
+    assert [s.sha for s in again.run(progress=False).computed] == [victim]
+    fresh = Records(LocalStore(directory))
+    assert fresh.committed().get(victim, FIRST_REV) > FIRST_REV  # above the tombstone, so not the first record
+    assert fresh.load_pickle(victim).model.sum() == model
+    third, _, _ = build(directory, data_mb=0.1, model_mb=0.1, width=2, depth=1)
+    assert third.run(progress=False).computed == []
+    assert verify(Records(LocalStore(directory))).ok
+
+
+def test_a_writer_whose_segment_was_removed_under_it_starts_a_new_one(tmp_path, monkeypatch):
+    """The experiment folder deleted and made again in the same process (a notebook's reset): the next
+    run's records land in a segment that readers find, not in the removed file."""
+    from storedefs import build
+
+    monkeypatch.setenv(SEGMENTS_ENV, "1")
+    directory = str(tmp_path / "exp")
+    exp, _, _ = build(directory, data_mb=0.1, model_mb=0.1, width=2, depth=1)
+    exp.run(progress=False)
+    shutil.rmtree(directory)
+    again, _, _ = build(directory, data_mb=0.1, model_mb=0.1, width=2, depth=1)
+    assert len(again.run(progress=False).computed) == 3
+    assert len(Records(LocalStore(directory)).committed()) == 3 and verify(Records(LocalStore(directory))).ok
+
+
+def test_segments_are_never_written_through_a_link_out_of_the_folder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    directory = tmp_path / "exp"
+    directory.mkdir()
+    os.symlink(outside, directory / sg.FOLDER)
+    with pytest.raises(OSError, match="symbolic link"):
+        sg.SegmentWriter(LocalStore(str(directory))).append(b"x", key="k", rev="1")
+    with pytest.raises(OSError, match="symbolic link"):
+        sg.write_records(LocalStore(str(directory)), [("k", "1", b"x")])
+    with pytest.raises(OSError, match="symbolic link"):
+        sg.compact(LocalStore(str(directory)))
+    assert os.listdir(outside) == []
+
+
+def test_a_run_ends_with_its_segment_sealed_and_no_segment_held_open(tmp_path, monkeypatch):
+    """A process that runs many experiments (a notebook, a test suite) keeps no segment file open for each."""
+    from storedefs import build
+
+    monkeypatch.setenv(SEGMENTS_ENV, "1")
+
+    def open_segments() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # (the listing's own descriptor, closed since)
+                continue
+        return [n for n in names if f"{os.sep}{sg.FOLDER}{os.sep}" in n and n.startswith(str(tmp_path))]
+
+    for i in range(5):
+        directory = str(tmp_path / f"exp{i}")
+        exp, _, _ = build(directory, data_mb=0.01, model_mb=0.01, width=1, depth=1)
+        exp.run(progress=False)
+        assert open_segments() == []
+        scans = [scan for _, scan in sg.scan_segments(LocalStore(directory))]
+        assert len(scans) == 1 and scans[0].sealed and len(scans[0].records) == 2
+    again, _, _ = build(directory, data_mb=0.01, model_mb=0.01, width=2, depth=1)
+    assert len(again.run(progress=False).computed) == 1 and len(_segment_files(directory)) == 2

@@ -121,7 +121,8 @@ def test_a_record_is_visible_only_once_its_whole_frame_is_written(tmp_path):
         os.close(fd)
 
 
-def test_a_damaged_record_is_not_read_and_neither_is_anything_after_it(tmp_path):
+def test_a_damaged_record_is_lost_alone_and_the_records_after_it_are_read(tmp_path):
+    """A flipped byte mid-segment (the device, or an edit) costs its one record; a torn tail is told apart."""
     store = LocalStore(str(tmp_path))
     name = _write(store, ["a", "b", "c"])
     path = os.path.join(str(tmp_path), sg.FOLDER, name)
@@ -131,8 +132,21 @@ def test_a_damaged_record_is_not_read_and_neither_is_anything_after_it(tmp_path)
     with open(path, "wb") as f:
         f.write(data)
     scan = sg.decode_segment(bytes(data))
-    assert [r.key for r in scan.records] == ["a"] and scan.torn_bytes > 0 and not scan.sealed
-    assert sorted(sg.latest(store)) == ["a"]
+    second = len(sg.encode_frame(sg.RECORD, "b", REV, payload("b", REV)))
+    assert [r.key for r in scan.records] == ["a", "c"] and scan.sealed
+    assert scan.damaged_bytes == second and scan.torn_bytes == 0
+    assert sorted(sg.latest(store)) == ["a", "c"]
+    follower = sg.Follower(store)
+    follower.refresh()
+    assert follower.damaged == {name: second} and follower.torn == {}
+    # A damaged segment is never compacted (that would drop its damaged bytes for good): it stays as it is.
+    _write(store, ["d"])
+    done = sg.compact(store, min_segments=1)
+    assert done.damaged == [name] and name not in done.merged
+    assert open(path, "rb").read() == bytes(data) and sorted(sg.latest(store)) == ["a", "c", "d"]
+    # Cut off at the same byte instead: a torn tail (what a killed writer leaves), no damage.
+    scan = sg.decode_segment(bytes(data[: where + 1]))
+    assert [r.key for r in scan.records] == ["a"] and scan.torn_bytes > 0 and scan.damaged_bytes == 0
 
 
 def test_a_failed_append_leaves_no_partial_frame(tmp_path):
@@ -280,16 +294,21 @@ def test_a_compacted_segment_is_stored_compressed_and_reads_back_the_same(tmp_pa
 @pytest.mark.parametrize("damage", ["cut", "flip"])
 def test_a_damaged_compressed_segment_yields_the_records_before_the_damage(tmp_path, damage):
     keys = [f"k{i:04d}" for i in range(3000)]
-    frames = b"".join(sg.encode_frame(sg.RECORD, k, REV, os.urandom(64).hex().encode()) for k in keys)
+    rng = random.Random(7)
+    payloads = {k: rng.randbytes(64).hex().encode() for k in keys}
+    frames = b"".join(sg.encode_frame(sg.RECORD, k, REV, payloads[k]) for k in keys)
     stored = bytearray(sg.compress_segment(frames + sg._seal_frame(len(keys))))
     if damage == "cut":
         stored = stored[: len(stored) * 2 // 3]
     else:
         stored[len(stored) * 2 // 3] ^= 0xFF
     scan = sg.decode_segment(bytes(stored))
-    assert scan.compressed and not scan.sealed and scan.torn_bytes > 0
-    assert 0 < len(scan.records) < len(keys)  # what came before the damage, each record whole and checked
-    assert [r.key for r in scan.records] == keys[: len(scan.records)]
+    assert scan.compressed and not scan.sealed
+    assert scan.damaged_bytes > 0  # written whole, so never torn by a writer: damage, and compaction leaves it alone
+    assert 0 < len(scan.records) < len(keys)  # what the stream still holds, each record whole and checked
+    got = [r.key for r in scan.records]
+    assert got[: len(got) // 2] == keys[: len(got) // 2] and got == sorted(got)  # in order, from the start
+    assert all(r.payload == payloads[r.key] for r in scan.records)
     # Read through the store: the follower treats it as immutable and never reads it from an offset.
     folder = str(tmp_path)
     os.makedirs(os.path.join(folder, sg.FOLDER))

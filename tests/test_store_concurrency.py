@@ -15,7 +15,7 @@ from storedefs import build, expected_states, read_calls
 
 import dagger as dg
 from dagger.store.locks import RANGES_KEY
-from dagger.store.records import FIRST_REV, meta_key, state_key
+from dagger.store.records import FIRST_REV, state_key
 
 HERE = os.path.dirname(__file__)
 SHAPE = {"data_mb": 1.0, "model_mb": 0.25, "width": 3, "depth": 2}
@@ -67,7 +67,7 @@ def test_four_processes_start_the_same_experiment_at_once(tmp_path, layout):
     assert len(committed) == n
     for sha in committed:
         key, raw = exp.records.read_pickle(sha)
-        assert key in (state_key(sha), meta_key(sha, FIRST_REV)) and raw.endswith(b".")
+        assert key in (state_key(sha), exp.records.record_key(sha, FIRST_REV)) and raw.endswith(b".")
     assert set(exp.store.list("states")) <= {state_key(sha) for sha in committed}  # no pickle without a commit
     assert set(exp.store.list("locks")) <= {RANGES_KEY}  # no lock file is left behind
     assert exp.gc(dry_run=True).live_locks == 0

@@ -101,6 +101,13 @@ def process_records(runtime: Runtime) -> Records | None:
     return _RECORDS.get(runtime.records_key())
 
 
+def close_records(runtime: Runtime) -> None:
+    """Commit, seal and close this process's segment writer for ``runtime``'s store (at the end of a run)."""
+    recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())
+    if recs is not None:
+        recs.close()
+
+
 def flush_records(runtime: Runtime) -> None:
     """Commit the records this process's tasks queued for ``runtime``'s store (object-store segment batches)."""
     recs = runtime.__dict__.get("_records") if runtime.store is not None else _RECORDS.get(runtime.records_key())

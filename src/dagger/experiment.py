@@ -28,6 +28,7 @@ from dagger.execution import (
     Runtime,
     TaskSpec,
     check_storable,
+    close_records,
     failure_key,
     flush_records,
     forget_recent,
@@ -369,6 +370,10 @@ class Experiment:
         for rec in records:
             if "meta" in rec:
                 stored[rec["sha"]] = rec.pop("meta")
+        # This process's segments are sealed and closed first (a process that runs many experiments keeps no
+        # file open for each), so that the index below keeps the segments' fingerprint as they stay.
+        close_records(self.runtime)
+        self.records.close()
         if graph or tag_updates:
             # (the Records this process's tasks wrote with knows their records: the index's check reads none back)
             self.records.write_index(stored, take_written(self.runtime), peer=process_records(self.runtime))

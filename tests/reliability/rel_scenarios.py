@@ -11,6 +11,7 @@ was committed before the fault and is recomputed (or gone) afterwards is lost.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 import dagger as dg
 from dagger.store import LocalStore, digest
+from dagger.store import segments as seglog
 from dagger.store.maintenance import gc
 from dagger.store.records import Records, is_sha
 
@@ -317,11 +319,81 @@ class _FailingFile:
         raise OSError(self.code, os.strerror(self.code))
 
 
+def frame_label(frame: Any) -> str:
+    """How messages name the record a segment frame holds: ``segments/<sha>.<rev>``."""
+    body = bytes(memoryview(frame)[17 : 17 + 600])  # after the kind, 8 hex digits of length and 8 of CRC-32
+    key, rev = body.split(b" ", 2)[:2]
+    return f"{seglog.FOLDER}/{key.decode()}.{rev.decode()}"
+
+
+class _SegmentAppends:
+    """Stands in for the ``os`` module inside :mod:`dagger.store.segments` while test stores with a bad disk live.
+
+    Under the segments layout a commit record is no file that ``open_write`` makes:
+    it is one ``os.write`` of a frame to the end of the process's own segment (an
+    ``O_APPEND`` file in ``segments/``). Each such append of a record (kind ``R``) to
+    a registered store's folder goes to that store's ``append_frame(fd, frame)``,
+    which may fail or die mid-write; every other call is the real ``os``.
+    """
+
+    def __init__(self) -> None:
+        self.stores: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        appends = self.stores and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND  # a writer's own segment
+        if appends and bytes(memoryview(data)[:1]) == seglog.RECORD:
+            for store in self.stores:
+                if _fd_in(fd, os.path.join(store.root, seglog.FOLDER)):
+                    return store.append_frame(fd, data)
+        return os.write(fd, data)
+
+
+_APPENDS = _SegmentAppends()
+
+
+def _fd_in(fd: int, folder: str) -> bool:
+    """Whether the open file ``fd`` is one of ``folder``'s files."""
+    mine = os.fstat(fd)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return False
+    for name in names:
+        try:
+            if os.path.samestat(mine, os.stat(os.path.join(folder, name))):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def watch_segment_appends(store: Any) -> None:
+    """Send ``store``'s segment appends of commit records to its ``append_frame`` until :func:`unwatch_segment_appends`."""
+    if not _APPENDS.stores:
+        seglog.os = _APPENDS  # type: ignore[attr-defined]
+    _APPENDS.stores.append(store)
+
+
+def unwatch_segment_appends(store: Any) -> None:
+    if store in _APPENDS.stores:
+        _APPENDS.stores.remove(store)
+    if not _APPENDS.stores:
+        seglog.os = os  # type: ignore[attr-defined]
+
+
 class FaultyStore(LocalStore):
     """A LocalStore whose ``nth`` write of one kind ("blob", "pickle" or "meta") fails with ``code``.
 
     The failure happens mid-write, after half the bytes reached the temporary
     file, exactly where a disk that fills up (ENOSPC) or breaks (EIO) would stop.
+    A "meta" write is a commit record in either layout: a ``meta/`` file, or (segments)
+    the append of its frame to this process's segment, which fails after half the frame
+    reached the segment. ``failed_keys`` names what failed as messages do (a key, or
+    ``segments/<sha>.<rev>``). The disk stays bad for segment appends until :meth:`heal`
+    (or the end of a ``with`` block).
     """
 
     def __init__(self, path: str, kind: str, nth: int = 1, code: int = errno.ENOSPC) -> None:
@@ -331,21 +403,54 @@ class FaultyStore(LocalStore):
         self.code = code
         self.seen = 0
         self.failed_keys: list[str] = []
+        watch_segment_appends(self)
+
+    def heal(self) -> None:
+        """Segment appends go to the real disk again (``open_write`` of this store keeps its fault)."""
+        unwatch_segment_appends(self)
+
+    def __enter__(self) -> FaultyStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.heal()
 
     @staticmethod
     def kind_of(key: str) -> str:
         return {"blobs": "blob", "states": "pickle", "meta": "meta"}.get(key.split("/", 1)[0], "other")
 
+    def _fails_now(self, kind: str) -> bool:
+        if kind != self.kind:
+            return False
+        self.seen += 1
+        return self.seen == self.nth
+
     @contextmanager
     def open_write(self, key: str) -> Any:
         with super().open_write(key) as f:
-            if self.kind_of(key) == self.kind:
-                self.seen += 1
-                if self.seen == self.nth:
-                    self.failed_keys.append(key)
-                    yield _FailingFile(f, self.code)
-                    return
+            if self._fails_now(self.kind_of(key)):
+                self.failed_keys.append(key)
+                yield _FailingFile(f, self.code)
+                return
             yield f
+
+    def append_frame(self, fd: int, frame: Any) -> int:
+        """One append of a commit record to a segment (see :class:`_SegmentAppends`)."""
+        if self._fails_now("meta"):
+            self.failed_keys.append(frame_label(frame))
+            view = memoryview(frame).cast("B")
+            os.write(fd, view[: view.nbytes // 2])
+            raise OSError(self.code, os.strerror(self.code))
+        return os.write(fd, frame)
+
+
+def segment_damage(directory: str) -> list[str]:
+    """Every segment that holds bytes which are no whole frame (a torn tail, or damage before it)."""
+    return [
+        f"{seglog.FOLDER}/{name}: {scan.torn_bytes} torn, {scan.damaged_bytes} damaged bytes"
+        for name, scan in seglog.scan_segments(LocalStore(directory))
+        if scan.torn_bytes or scan.damaged_bytes
+    ]
 
 
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}

@@ -11,20 +11,22 @@ import uuid
 import warnings
 
 import pytest
+import records_io
 import rel_scenarios as sc
 from damage import edit_carried_pickle, pickle_bytes, sole_pickle_file
 
 import dagger as dg
 from dagger.store import LocalStore
-from dagger.store.records import FIRST_REV, Records, blob_key, meta_key, new_rev, state_key
+from dagger.store.records import Records, blob_key, new_rev, state_key
 
 
 @pytest.fixture
-def stored(tmp_path):
-    """A finished two-branch experiment and the key facts about one of its leaf states."""
+def stored(tmp_path, layout):
+    """A finished two-branch experiment and the key facts about one of its leaf states (once per layout)."""
     directory = str(tmp_path / "exp")
     exp = sc.define(directory, branches=2, depth=2)
     exp.run(progress=False)
+    assert sc.layout_of(directory) == layout
     records = Records(LocalStore(directory))
     leaf = next(p for p in exp._promises.values() if p.depth == 2)
     return directory, records, leaf._sha
@@ -39,11 +41,10 @@ def _leaf_blob(directory, sha):
 def _damage_pickle(directory, sha, where, change):
     """Replace ``sha``'s stored pickle bytes by ``change(bytes)`` where ``where`` says; return the key that holds them.
 
-    ``"file"``: its own pickle file; ``"carried"``: the copy its first commit record carries.
+    ``"file"``: its own pickle file; ``"carried"``: the copy its first commit record carries (in either layout).
     """
     if where == "carried":
-        edit_carried_pickle(directory, sha, change)
-        return meta_key(sha, FIRST_REV)
+        return edit_carried_pickle(directory, sha, change)  # its meta/ file, or segments/<sha>.<rev>
     path = sole_pickle_file(directory, sha)  # the only copy (beside an intact carried one it shadows nothing)
     raw = open(path, "rb").read()
     with open(path, "wb") as f:
@@ -129,13 +130,15 @@ def test_missing_blob(stored):
 def test_corrupt_metadata_json(stored):
     directory, records, sha = stored
     rev = records.committed()[sha]
-    with open(os.path.join(directory, meta_key(sha, rev)), "w") as f:
-        f.write('{"format": 1, "sha": "')
+    where = records_io.write_bytes(directory, sha, b'{"format": 1, "sha": "', rev)  # a meta/ file or a segment record
     os.remove(os.path.join(directory, "index.json"))
+    # Read by a process that opens the folder now (one that read the segments before keeps what it read:
+    # a segment's earlier bytes never change, except by an edit like this one).
     with pytest.raises(dg.CorruptRecordError) as info:
-        records.read_meta(sha, rev)
+        Records(LocalStore(directory)).read_meta(sha, rev)
     assert type(info.value) is dg.CorruptRecordError
     assert "not valid JSON" in str(info.value) and "dagger verify --repair" in str(info.value)
+    assert where in str(info.value)
     # Browsing skips it with a warning that names it, and keeps every other state.
     with pytest.warns(dg.DaggerWarning, match=f"skipping state {sha[:12]}"):
         exp = dg.Experiment.restore(directory)
@@ -165,17 +168,15 @@ def test_newer_format_version(stored, what):
     key = None
     if what in ("pickle", "carried pickle"):
         key = _damage_pickle(directory, sha, "file" if what == "pickle" else "carried", _newer_format)
-    else:
-        if what == "experiment":
-            path = os.path.join(directory, "experiment.json")
-        else:
-            path = os.path.join(directory, meta_key(sha, records.committed()[sha]))
+    elif what == "experiment":
+        path = os.path.join(directory, "experiment.json")
         raw = _newer_format(open(path, "rb").read())
-        if what == "meta":  # a newer dagger writes a new revision of the record
-            os.remove(path)
-            path = os.path.join(directory, meta_key(sha, new_rev()))
         with open(path, "wb") as f:
             f.write(raw)
+    else:  # a newer dagger writes a new revision of the record (where this folder keeps records), the old one goes
+        old = records.committed()[sha]
+        records_io.add_record(directory, sha, new_rev(), _newer_format(records_io.read_bytes(directory, sha, old)))
+        records_io.remove(directory, sha, old)
     with pytest.raises(dg.FormatVersionError) as info:
         if key is not None:
             _restore(directory, sha)

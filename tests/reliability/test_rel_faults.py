@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+import records_io
 import rel_scenarios as sc
 
 import dagger as dg
@@ -66,18 +67,19 @@ def test_lock_left_by_a_killed_process_does_not_block(tmp_path):
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EIO"])
 @pytest.mark.parametrize("kind", ["blob", "pickle", "carried"])
-def test_disk_failure_mid_write(tmp_path, kind, code):
+def test_disk_failure_mid_write(tmp_path, kind, code, layout):
     directory = str(tmp_path / "exp")
     # A small pickle travels in its state's first commit record, and no pickle file is written. For the
     # "pickle" fault the weights stay in band (just under the blob threshold), so every state's pickle
     # exceeds records.INLINE_MAX and is written to its own file under states/, where the disk fails.
-    # The "carried" fault fails the write of a first commit record that carries a small pickle.
+    # The "carried" fault fails the write of a first commit record that carries a small pickle: its
+    # meta/ file, or (segments) the append of its frame to the process's segment.
     shape = {"size": DEFAULT_THRESHOLD // 8 - 1} if kind == "pickle" else {}
     fault = "meta" if kind == "carried" else kind
-    store = sc.FaultyStore(directory, kind=fault, nth=3, code=sc.ERRNOS[code])
-    exp = sc.define(store, **shape)
-    with pytest.raises(dg.RunFailedError) as info:
-        exp.run(progress=False)
+    with sc.FaultyStore(directory, kind=fault, nth=3, code=sc.ERRNOS[code]) as store:
+        exp = sc.define(store, **shape)
+        with pytest.raises(dg.RunFailedError) as info:
+            exp.run(progress=False)
     failures = info.value.failures
     assert len(failures) == 1
     bad = failures[0].sha
@@ -87,13 +89,19 @@ def test_disk_failure_mid_write(tmp_path, kind, code):
     assert f"could not save state {bad[:12]}" in message
     assert os.strerror(sc.ERRNOS[code]) in message
     assert "run again" in message
-    # Nothing partial: the half-written file never appeared under its key, no temp file is left.
+    # Nothing partial: the half-written file never appeared under its key (the half-appended frame was cut
+    # off its segment), no temp file is left.
     assert len(store.failed_keys) == 1
+    if kind == "carried":
+        assert store.failed_keys[0].startswith(f"{'segments' if layout == 'segments' else 'meta'}/{bad}.")
+        assert records_io.revs(directory, bad) == []
     assert not os.path.exists(os.path.join(directory, store.failed_keys[0]))
+    assert sc.segment_damage(directory) == []
     assert os.listdir(os.path.join(directory, "tmp")) == []
     plain = Records(LocalStore(directory))
     assert bad not in plain.committed()
     assert not plain.store.exists(state_key(bad))
+    assert sc.layout_of(directory) == layout
     # Other branches are unaffected: everything not below the failed state is committed and sound.
     skipped = {s.sha for s in info.value.report.skipped}
     assert skipped == _descendants(exp, bad)
@@ -106,17 +114,25 @@ def test_disk_failure_mid_write(tmp_path, kind, code):
     assert sc.audit(directory)["committed"] == sc.n_states()
 
 
-def test_failed_commit_record_leaves_no_trace(tmp_path):
-    """A disk failure on the commit record itself: the state simply does not exist."""
+def test_failed_commit_record_leaves_no_trace(tmp_path, layout):
+    """A disk failure on the commit record itself (a meta/ file, or its append to a segment): the state simply
+    does not exist."""
     directory = str(tmp_path / "exp")
-    store = sc.FaultyStore(directory, kind="meta", nth=2)
-    exp = sc.define(store, branches=2, depth=1)
-    with pytest.raises(dg.RunFailedError) as info:
-        exp.run(progress=False)
+    with sc.FaultyStore(directory, kind="meta", nth=2) as store:
+        exp = sc.define(store, branches=2, depth=1)
+        with pytest.raises(dg.RunFailedError) as info:
+            exp.run(progress=False)
     bad = info.value.failures[0].sha
-    assert not any(name.startswith(bad) for name in os.listdir(os.path.join(directory, "meta")))
+    assert store.failed_keys and store.failed_keys[0].startswith(
+        f"{'segments' if layout == 'segments' else 'meta'}/{bad}."
+    )
+    meta = os.path.join(directory, "meta")
+    assert not any(name.startswith(bad) for name in (os.listdir(meta) if os.path.isdir(meta) else []))
+    assert records_io.revs(directory, bad) == []  # no record of it in meta/ nor in any segment
+    assert sc.segment_damage(directory) == []  # and no part of one: the half frame was cut off
     assert os.listdir(os.path.join(directory, "tmp")) == []
     assert not os.path.exists(os.path.join(directory, meta_key(bad, "0" * 20)))
+    assert bad not in sc.committed(directory)
     assert sc.audit(directory)["problems"] == []
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rel_scenarios as sc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -22,6 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import dagger as dg
 from dagger.hashing import digest
 from dagger.store import LocalStore
+from dagger.store import segments as seglog
+from dagger.store.layout import SEGMENTS_ENV
 from dagger.store.maintenance import gc
 from dagger.store.records import Records, meta_key, state_key
 
@@ -163,7 +166,12 @@ class _HalfThenDie:
 
 
 class CrashingStore(LocalStore):
-    """A LocalStore that dies at its ``crash_at``-th write or delete, leaving a half temp file behind."""
+    """A LocalStore that dies at its ``crash_at``-th write or delete, leaving a half temp file behind.
+
+    Under the segments layout the append of a commit record to this process's segment is a write too:
+    dying there leaves half its frame at the segment's tail (a torn tail), and the segment file closed
+    (its lock gone), as the kernel leaves it when a process is killed.
+    """
 
     crash_at: int | None = None
 
@@ -181,6 +189,17 @@ class CrashingStore(LocalStore):
             return
         with super().open_write(key) as f:
             yield f
+
+    def append_frame(self, fd: int, frame: Any) -> int:
+        """One append of a commit record to a segment (see ``rel_scenarios.watch_segment_appends``)."""
+        if self._armed():
+            view = memoryview(frame).cast("B")
+            os.write(fd, view[: view.nbytes // 2])
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)  # the segment file closes (its lock goes); the dead writer's descriptor leads nowhere
+            os.close(null)
+            raise _Crash()
+        return os.write(fd, frame)
 
     def delete(self, key: str) -> None:
         if self._armed():
@@ -201,17 +220,28 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 class StoreMachine(RuleBasedStateMachine):
-    """Random put/get/delete/gc/crash sequences against a dict model of the committed states."""
+    """Random put/get/delete/gc/crash sequences against a dict model of the committed states.
+
+    Commit records go to segments (``SEGMENTS`` is the value of ``DAGGER_SEGMENTS`` while it runs);
+    :class:`FilesStoreMachine` runs the same machine with records in ``meta/`` files.
+    """
+
+    SEGMENTS = "1"
 
     @initialize()
     def setup(self) -> None:
+        self.env = os.environ.get(SEGMENTS_ENV)
+        os.environ[SEGMENTS_ENV] = self.SEGMENTS
         self.dir = tempfile.mkdtemp(prefix="dagger-sm-")
         self.restart()
         self.model: dict[str, int] = {}
 
     def restart(self) -> None:
         """A new process opens the folder (its caches start empty)."""
+        if hasattr(self, "records"):
+            sc.unwatch_segment_appends(self.records.store)
         self.records = Records(CrashingStore(self.dir), blob_threshold=4096)
+        sc.watch_segment_appends(self.records.store)
 
     def save(self, i: int) -> None:
         sha = SHAS[i]
@@ -249,9 +279,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data: Any) -> None:
         sha = data.draw(st.sampled_from(sorted(self.model)))
-        for name in os.listdir(os.path.join(self.dir, "meta")):
-            if name.startswith(sha):
-                self.records.store.delete(f"meta/{name}")  # the commit record goes first
+        self.records.remove_records(sha)  # the commit record goes first (its meta/ files, or a tombstone)
         self.records.store.delete(state_key(sha))
         del self.model[sha]
 
@@ -273,16 +301,36 @@ class StoreMachine(RuleBasedStateMachine):
             assert same(fresh.load_pickle(sha), payload(i))
         for name in os.listdir(os.path.join(self.dir, "meta")) if os.path.isdir(os.path.join(self.dir, "meta")) else []:
             assert name.endswith(".json")
+        # Records are where the machine's layout puts them; a crash tears at most a segment's tail.
+        if self.SEGMENTS == "0" or self.model:
+            assert sc.layout_of(self.dir) == ("files" if self.SEGMENTS == "0" else "segments")
+        for _, scan in seglog.scan_segments(LocalStore(self.dir)):
+            assert scan.damaged_bytes == 0
 
     def teardown(self) -> None:
+        if hasattr(self, "records"):
+            sc.unwatch_segment_appends(self.records.store)
+        if hasattr(self, "env"):
+            if self.env is None:
+                os.environ.pop(SEGMENTS_ENV, None)
+            else:
+                os.environ[SEGMENTS_ENV] = self.env
         if hasattr(self, "dir"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class FilesStoreMachine(StoreMachine):
+    """The same machine with commit records in ``meta/`` files (``DAGGER_SEGMENTS=0``)."""
+
+    SEGMENTS = "0"
+
+
 StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+FilesStoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 test_store_state_machine = StoreMachine.TestCase
+test_store_state_machine_files_layout = FilesStoreMachine.TestCase
 
 
 def test_meta_key_layout_is_what_the_machine_deletes():
-    # The machine deletes commit records by file-name prefix; keep that in step with the layout.
+    # In the files layout a state's commit records are the meta/ files named after it (remove_records deletes them).
     assert meta_key(SHAS[0], "0" * 20).startswith(f"meta/{SHAS[0]}.")

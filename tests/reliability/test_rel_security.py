@@ -9,6 +9,7 @@ import uuid
 import warnings
 
 import pytest
+import records_io
 import rel_scenarios as sc
 from damage import edit_carried_pickle, pickle_file, sole_pickle_file
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 import dagger as dg
 from dagger.cli import app
 from dagger.store import LocalStore
-from dagger.store.records import FIRST_REV, Records, blob_key, meta_key
+from dagger.store.records import FIRST_REV, Records, blob_key
 
 
 class _Trap:
@@ -47,12 +48,12 @@ def _plant(directory: str, marker: str) -> list[str]:
         if rev != FIRST_REV or i % 2 == 0:
             with open(pickle_file(directory, sha), "wb") as f:
                 f.write(header + trap)
-        path = os.path.join(directory, meta_key(sha, rev))
-        meta = json.load(open(path))
-        meta.setdefault("results", {})["payload"] = {"pickle": as_text}
-        meta["payload"] = as_text
-        with open(path, "w") as f:
-            json.dump(meta, f)
+
+        def trap_in(meta: dict) -> None:
+            meta.setdefault("results", {})["payload"] = {"pickle": as_text}
+            meta["payload"] = as_text
+
+        records_io.edit_json(directory, sha, trap_in, rev)  # its meta/ file, or its segment record
     index = json.load(open(os.path.join(directory, "index.json")))
     index["payload"] = as_text
     with open(os.path.join(directory, "index.json"), "w") as f:
@@ -63,10 +64,11 @@ def _plant(directory: str, marker: str) -> list[str]:
 
 
 @pytest.fixture
-def planted(tmp_path):
+def planted(tmp_path, layout):
     directory = str(tmp_path / "exp")
     exp = sc.define(directory, branches=2, depth=2, size=8)
     exp.run(progress=False)
+    assert sc.layout_of(directory) == layout
     marker = str(tmp_path / "PWNED")
     shas = _plant(directory, marker)
     return directory, marker, shas
@@ -137,8 +139,8 @@ def test_restore_of_a_full_state_is_what_runs_the_code(planted):
 
 
 @pytest.fixture
-def forged(tmp_path, request):
-    """A finished experiment whose records point a blob at ``../../x``, a file outside the folder.
+def forged(tmp_path, request, layout):
+    """A finished experiment (in either layout) whose records point a blob at ``../../x``, a file outside the folder.
 
     The forged pickle header is in the leaf's pickle file, or (``indirect`` param ``"carried"``)
     in the copy its first commit record carries.
@@ -146,6 +148,7 @@ def forged(tmp_path, request):
     directory = str(tmp_path / "exp")
     exp = sc.define(directory, branches=1, depth=1, size=8)
     exp.run(progress=False)
+    assert sc.layout_of(directory) == layout
     name = f"../../x-{uuid.uuid4().hex}"
     # Where the forged name would lead if it were used as a path: outside the folder.
     victim = os.path.normpath(os.path.join(directory, blob_key(name)))
@@ -169,11 +172,7 @@ def forged(tmp_path, request):
         with open(path, "wb") as f:
             f.write(forge(raw))
     rev = records.committed()[leaf]
-    mpath = os.path.join(directory, meta_key(leaf, rev))
-    meta = json.load(open(mpath))
-    meta["blobs"] = forged_blobs
-    with open(mpath, "w") as f:
-        json.dump(meta, f)
+    records_io.edit_json(directory, leaf, lambda meta: meta.update(blobs=forged_blobs), rev)
     index = json.load(open(os.path.join(directory, "index.json")))
     index["states"][leaf]["blobs"] = forged_blobs
     with open(os.path.join(directory, "index.json"), "w") as f:
@@ -185,7 +184,7 @@ def forged(tmp_path, request):
 @pytest.mark.parametrize("forged", ["file", "carried"], indirect=True)
 def test_forged_blob_names_never_become_paths(forged):
     directory, victim, leaf = forged
-    # Browsing either skips the forged record (read from meta/, with a warning naming it) or,
+    # Browsing either skips the forged record (read from meta/ or a segment, with a warning naming it) or,
     # trusting a matching index, lists the state, whose restore then refuses the forged name.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

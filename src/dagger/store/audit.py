@@ -28,15 +28,22 @@ def _problem(file: str, message: str, state: str | None = None) -> Any:
 
 
 def check_lineage(
-    report: VerifyReport, metas: dict[str, dict[str, Any]], newest: dict[str, str], committed: Iterable[str] = ()
+    report: VerifyReport,
+    metas: dict[str, dict[str, Any]],
+    newest: dict[str, str],
+    committed: Iterable[str] = (),
+    where: Any = None,
 ) -> None:
     """A problem for each state whose chain of parents is a cycle or ends at a missing parent.
 
     The states below such a state are counted in its problem, not listed one by one.
     ``committed``: every state with a commit record, readable or not; a parent whose record
-    is unreadable is reported as that (elsewhere), not as missing.
+    is unreadable is reported as that (elsewhere), not as missing. ``where(sha, rev)``: how to
+    name a state's record (default: its ``meta/`` file).
     """
     from dagger.store.records import meta_key
+
+    where = where or meta_key
 
     parents: dict[str, Any] = dict.fromkeys(committed)  # unreadable records: where a lineage stops, unknown
     parents.update((sha, meta.get("parent")) for sha, meta in metas.items())
@@ -51,7 +58,7 @@ def check_lineage(
             continue
         under = below.get(sha[:12], 0)
         extra = f"; {under} state(s) below it have no lineage either" if under else ""
-        report.problems.append(_problem(meta_key(sha, newest[sha]), f"its lineage is broken: {why}{extra}", sha))
+        report.problems.append(_problem(where(sha, newest[sha]), f"its lineage is broken: {why}{extra}", sha))
 
 
 def check_binding(

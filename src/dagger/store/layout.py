@@ -85,8 +85,10 @@ STORE_FORMAT = 2
 SEGMENT_FORMAT = 3
 #: The newest layout this dagger reads.
 NEWEST_FORMAT = SEGMENT_FORMAT
-#: Set to 1 to write commit records to segments in every experiment (default: only in experiments
-#: whose ``experiment.json`` says layout :data:`SEGMENT_FORMAT`, as `dagger migrate` leaves them).
+#: Commit records go to segments by default: a new experiment is created with layout
+#: :data:`SEGMENT_FORMAT`, and an older one moves there at its first new record (its ``meta/`` files
+#: stay readable; `dagger migrate` moves them in). Set to 0 to keep writing ``meta/`` files in
+#: experiments of an older layout (one that says :data:`SEGMENT_FORMAT` always gets segments).
 SEGMENTS_ENV = "DAGGER_SEGMENTS"
 
 

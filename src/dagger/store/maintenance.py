@@ -65,6 +65,8 @@ TMP_GRACE_S = 60.0
 RECENT_TMP = "recent_tmp"
 #: What gc keeps when a committed state's records are all unreadable: blobs it may need.
 UNKNOWN_REFS = "blobs_of_unreadable_states"
+#: What gc reports when segments hold damaged bytes (it then keeps every blob and pickle file).
+DAMAGED_SEGMENTS = "damaged_segments"
 
 #: gc's categories, in the order reports list them.
 GC_KINDS = {
@@ -146,11 +148,18 @@ class GcReport:
             lines.append("  nothing to remove")
         for kind, n in self.skipped.items():
             if kind == UNREADABLE:
-                lines.append(f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`")
+                lines.append(
+                    f"  kept {n} unreadable superseded commit record(s) that may carry a pickle: run `dagger verify`"
+                )
             elif kind == UNKNOWN_REFS:
                 lines.append(
                     f"  kept {n} unreferenced blobs: a committed state's records cannot be read, so which blobs "
                     "it needs is unknown (run `dagger verify`)"
+                )
+            elif kind == DAMAGED_SEGMENTS:
+                lines.append(
+                    f"  kept every blob and pickle file: {n} segment(s) hold damaged bytes, so which states they "
+                    "held is unknown (run `dagger verify --repair`)"
                 )
             elif kind == RECENT_TMP:
                 lines.append(
@@ -213,9 +222,7 @@ class VerifyReport:
         }
 
     def __str__(self) -> str:
-        head = (
-            f"verify {self.location}: {self.states} states, {self.blobs} blobs ({format_bytes(self.blob_bytes)}) checked"
-        )
+        head = f"verify {self.location}: {self.states} states, {self.blobs} blobs ({format_bytes(self.blob_bytes)}) checked"
         lines = [head]
         if self.ok:
             lines.append("  OK: no problems")
@@ -432,12 +439,16 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
         # gc deletes what it finds: never through a link to files outside the folder, nor the link itself.
         links = store.links()
         if links:
-            raise linked_folder_error(store.root, links[0]) if len(links) == 1 else StoreError(
-                errno.ELOOP,
-                f"refusing to gc {store.root}: it holds {len(links)} symbolic links ({', '.join(links[:5])}"
-                f"{', ...' if len(links) > 5 else ''}), and dagger never follows a link out of the experiment "
-                "folder nor deletes what it did not make. Replace each with a real folder (move the files back "
-                "in), or remove it, then run gc again.",
+            raise (
+                linked_folder_error(store.root, links[0])
+                if len(links) == 1
+                else StoreError(
+                    errno.ELOOP,
+                    f"refusing to gc {store.root}: it holds {len(links)} symbolic links ({', '.join(links[:5])}"
+                    f"{', ...' if len(links) > 5 else ''}), and dagger never follows a link out of the experiment "
+                    "folder nor deletes what it did not make. Replace each with a real folder (move the files back "
+                    "in), or remove it, then run gc again.",
+                )
             )
 
     stale_locks: list[str] = []
@@ -502,12 +513,21 @@ def gc(records: Records, unreachable: bool = False, dry_run: bool = False) -> Gc
     every_tmp: list[str] = cast("list[str]", store.temp_keys())  # base.py's annotation confuses mypy
     tmp_keys: list[str] = cast("list[str]", store.temp_keys(older_than=TMP_GRACE_S))
     orphans = [k for k in pickles if k.rsplit("/", 1)[-1].removesuffix(".pkl") not in newest]
+    damaged_segments = sorted(records._follower.damaged) if records._follower else []
+    if damaged_segments:
+        # A damaged segment may have held records of states that now read as uncommitted: what they
+        # need is unknown, so no blob nor pickle goes until `dagger verify --repair` has dealt with it.
+        unknown.extend(f"{SEGMENTS}/{name}" for name in damaged_segments)
+        report.skipped[DAMAGED_SEGMENTS] = len(damaged_segments)
+        orphans = []
     blob_keys = store.list("blobs")
     if dry_run:  # writes nothing (the folder may be read-only): reads the leases only
         _sweep(records, report, newest, None, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
     else:
         with GcMarker(store) as marker:
-            _sweep(records, report, newest, marker, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove)
+            _sweep(
+                records, report, newest, marker, referenced, unknown, every_tmp, tmp_keys, orphans, blob_keys, remove
+            )
         records._known_blobs.clear()
 
     if not dry_run:
@@ -599,7 +619,7 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
         except FileNotFoundError:
             continue  # compacted away meanwhile: a newer record exists
         except CorruptRecordError as exc:
-            report.problems.append(Problem(key, str(exc).removeprefix(f"{meta_key(sha, record.rev)} ").strip(), sha))
+            report.problems.append(Problem(key, str(exc).removeprefix(f"{key} ").strip(), sha))
             if not isinstance(exc, FormatVersionError):
                 damaged_records.add(sha)
             continue
@@ -610,8 +630,18 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
             f"{SEGMENTS}/{name} ends in {torn} bytes that are not a whole record (a writer killed mid-append, or "
             "damage): ignored; any state they held reads as not computed and the next run computes it"
         )
+    damaged_segments = sorted((records._follower.damaged if records._follower else {}).items())
+    for name, size in damaged_segments:
+        report.problems.append(
+            Problem(
+                f"{SEGMENTS}/{name}",
+                f"holds {size} damaged bytes between whole records (changed on the device, or edited): the records "
+                "in them are lost, those around them are read. `dagger verify --repair` rewrites the segment without "
+                "them, and the next run recomputes any state they held; until then gc keeps every blob",
+            )
+        )
     report.states = len(newest)
-    audit.check_lineage(report, metas, newest, records.committed())
+    audit.check_lineage(report, metas, newest, records.committed(), records.record_key)
 
     # Blobs: re-hash every one.
     blob_sizes: dict[str, int] = {}
@@ -649,7 +679,9 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
             )
             continue
         except CorruptRecordError as exc:  # a first record whose pickle field is damaged
-            report.problems.append(Problem(meta_key(sha, FIRST_REV), f"the state pickle is corrupt: {exc}", sha))
+            report.problems.append(
+                Problem(records.record_key(sha, FIRST_REV), f"the state pickle is corrupt: {exc}", sha)
+            )
             continue
         try:
             header = _parse_header(raw)
@@ -707,8 +739,8 @@ def verify(records: Records, repair: bool = False) -> VerifyReport:
             json.loads(store.get(INDEX_KEY))
         except (ValueError, FileNotFoundError):
             report.notes.append(f"{INDEX_KEY} is unreadable; it is derived and will be rebuilt on the next restore")
-    if repair and (doomed or damaged or damaged_records):
-        _repair(records, report, doomed, damaged | damaged_records)
+    if repair and (doomed or damaged or damaged_records or damaged_segments):
+        _repair(records, report, doomed, damaged | damaged_records, [name for name, _ in damaged_segments])
     return report
 
 
@@ -725,7 +757,13 @@ def _shadows(records: Records, sha: str, raw: bytes) -> bool:
     return records._intact_carried(sha) is not None
 
 
-def _repair(records: Records, report: VerifyReport, doomed: list[str], damaged: set[str]) -> None:
+def _repair(
+    records: Records,
+    report: VerifyReport,
+    doomed: list[str],
+    damaged: set[str],
+    damaged_segments: list[str],
+) -> None:
     """Remove damaged files so that the next run recomputes what they held (``verify(repair=True)``).
 
     ``doomed``: blobs whose bytes fail their hash, unreadable commit records, damaged pickle
@@ -755,6 +793,14 @@ def _repair(records: Records, report: VerifyReport, doomed: list[str], damaged: 
             if store.exists(key):
                 store.delete(key)
                 report.repaired.append(key)
+        for name in damaged_segments:  # rewritten with their whole records: the damaged bytes go
+            if segments.rewrite_whole(store, name) is not None:
+                report.repaired.append(f"{SEGMENTS}/{name}")
+            else:
+                report.notes.append(
+                    f"repair left {SEGMENTS}/{name} as it is: a running process still holds it open (it may append "
+                    "to it); run `dagger verify --repair` again once that process has exited"
+                )
     records._known_blobs.clear()
     report.notes.append(
         f"repaired: removed {len(report.repaired)} damaged files; {len(damaged)} states will be recomputed by the "

@@ -90,7 +90,7 @@ class Records:
     ):
         self.store = store
         # Where new commit records go: True, segments; False, meta/ files; None, decided at the first write
-        # (segments where DAGGER_SEGMENTS=1 or experiment.json says layout SEGMENT_FORMAT).
+        # (segments, unless DAGGER_SEGMENTS=0 and experiment.json says an older layout than SEGMENT_FORMAT).
         self._segments_wanted = segments
         self._to_segments: bool | None = segments
         self._writer: seglog.SegmentWriter | seglog.BatchSegmentWriter | None = None
@@ -334,8 +334,9 @@ class Records:
         return names("meta") if names else [k.rsplit("/", 1)[-1] for k in self.store.list("meta")]
 
     def read_meta(self, sha: str, rev: str) -> dict[str, Any]:
-        key = meta_key(sha, rev)
-        meta = _parse_json(self.record_bytes(sha, rev), key)
+        raw = self.record_bytes(sha, rev)
+        key = self.record_key(sha, rev)  # (named as where it was read: its meta/ file or its segment record)
+        meta = _parse_json(raw, key)
         meta.pop(INLINE_FIELD, None)  # the pickle a first record carries is no metadata
         _check_format(meta, key)
         if meta.get("sha") != sha:
@@ -481,6 +482,11 @@ class Records:
         (without a carried pickle), and whether it waits in a batch (committed at the next flush).
         """
         to_segments = self.writes_segments()
+        gone = self._follower.records.get(sha) if old_rev is None and self._follower is not None else None
+        if gone is not None and gone.deleted:
+            # Committed again after a tombstone (`verify --repair`, `gc --unreachable`): the record must sort
+            # above the tombstone, so it cannot be the first record (FIRST_REV), nor carry the pickle.
+            old_rev = gone.rev
         if old_rev is None:
             rev = FIRST_REV
             if pending is not None and not self._layout_ok:
@@ -509,7 +515,7 @@ class Records:
     def writes_segments(self) -> bool:
         """Whether this process writes commit records to segments (decided once per run, see ``__init__``)."""
         if self._to_segments is None:
-            wanted = os.environ.get(SEGMENTS_ENV, "").strip() not in ("", "0")
+            wanted = os.environ.get(SEGMENTS_ENV, "").strip() != "0"
             if not wanted:
                 info = self.read_experiment()
                 wanted = info is not None and info["format"] >= SEGMENT_FORMAT
@@ -518,6 +524,7 @@ class Records:
 
     def _append(self, sha: str, rev: str, record: bytes) -> bool:
         """Append ``record`` to this process's segment; True if it waits in a batch (object stores)."""
+        # Under the lock: a run of another thread on this folder may close the writer at its end (see close).
         with self._writer_lock:
             if self._writer is None:
                 info = self.read_experiment()
@@ -525,18 +532,18 @@ class Records:
                     self.write_experiment({**info, "format": SEGMENT_FORMAT})
                 self._writer = seglog.open_writer(self.store, on_flush=self._flushed)
             writer = self._writer
-        if isinstance(writer, seglog.BatchSegmentWriter):
-            self._unflushed[sha] = (rev, record)  # readable here, and its lease held, until written
-            try:
-                writer.append(record, key=sha, rev=rev)
-            except BaseException:
-                self._unflushed.pop(sha, None)
-                raise
-            return sha in self._unflushed
-        at = writer.append(record, key=sha, rev=rev)
-        if self._follower is not None:  # (this process's records need no reading back)
-            self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, record), at)
-        return False
+            if isinstance(writer, seglog.BatchSegmentWriter):
+                self._unflushed[sha] = (rev, record)  # readable here, and its lease held, until written
+                try:
+                    writer.append(record, key=sha, rev=rev)
+                except BaseException:
+                    self._unflushed.pop(sha, None)
+                    raise
+                return sha in self._unflushed
+            at = writer.append(record, key=sha, rev=rev)
+            if self._follower is not None:  # (this process's records need no reading back)
+                self._follower.note(writer.name, seglog.SegmentRecord(sha, rev, record), at)
+            return False
 
     def _flushed(self, keys: list[str]) -> None:
         """A batch of records was written (they are committed): their writer leases go."""
@@ -551,11 +558,15 @@ class Records:
             writer.flush()
 
     def close(self) -> None:
-        """Flush and close this process's segment writer (a later record opens a new segment)."""
+        """Flush, seal and close this process's segment writer (a later record opens a new segment).
+
+        Called at the end of every run, so that a process that runs many experiments holds no file
+        open for each, and a run's segment is sealed (idle: compaction may take it) once it ends.
+        """
         with self._writer_lock:
             writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     def externalize_pickle(self, sha: str) -> None:
         """Give a pickle carried by the first commit record its own file, before that record goes.
@@ -603,8 +614,9 @@ class Records:
 
     def _inline_pickle(self, sha: str) -> bytes | None:
         """The pickle file's bytes carried by ``sha``'s first commit record (None if it carries none)."""
-        key = meta_key(sha, FIRST_REV)
-        payload = _parse_json(self.record_bytes(sha, FIRST_REV), key).get(INLINE_FIELD)
+        raw = self.record_bytes(sha, FIRST_REV)
+        key = self.record_key(sha, FIRST_REV)
+        payload = _parse_json(raw, key).get(INLINE_FIELD)
         if payload is None:
             return None
         try:
@@ -627,7 +639,7 @@ class Records:
         try:
             raw = self._inline_pickle(sha)
             if raw is not None:
-                return meta_key(sha, FIRST_REV), raw
+                return self.record_key(sha, FIRST_REV), raw
         except FileNotFoundError:
             pass
         return key, self.store.get(key)
@@ -637,7 +649,7 @@ class Records:
         raw = self._inline_pickle(sha)
         if raw is None:
             raise FileNotFoundError(meta_key(sha, FIRST_REV))
-        return meta_key(sha, FIRST_REV), raw
+        return self.record_key(sha, FIRST_REV), raw
 
     def save_pickle(self, sha: str, obj: Any, inline: bool = False) -> dict[str, Any]:
         """Write a state's pickle and blobs; return what its metadata records about them.
@@ -706,7 +718,7 @@ class Records:
                 carried = self._intact_carried(sha) if key == state_key(sha) else None
                 if carried is None:
                     raise
-                key = meta_key(sha, FIRST_REV)
+                key = self.record_key(sha, FIRST_REV)
                 header, blobs, data = _unpack(key, carried, sha, self.verify_blobs)
             signing.check(header, sha, data, self.signing_key, key)  # before anything is unpickled
         try:
@@ -766,7 +778,7 @@ class Records:
             except CorruptRecordError as exc:
                 if on_corrupt is None:
                     raise
-                on_corrupt(sha, meta_key(sha, rev), exc)
+                on_corrupt(sha, self.record_key(sha, rev), exc)
         self.write_index(out.values())
         return SlimIndex.of(out, self)
 

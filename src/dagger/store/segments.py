@@ -110,7 +110,12 @@ class Scan:
     records: list[SegmentRecord] = field(default_factory=list)
     sealed: bool = False
     whole_bytes: int = 0  # where the last whole frame ends (in the frames, decompressed)
-    torn_bytes: int = 0  # bytes after it (a torn tail, or damage: nothing after them is read)
+    torn_bytes: int = 0  # bytes after it (a torn tail: a writer killed mid-append; or a compressed stream cut short)
+    #: Bytes before the last whole frame that are no whole frame (damage on the device, or an edit):
+    #: the records they held are lost, the frames after them are read. A writer never leaves these
+    #: (a failed or killed append is always its segment's tail); in a compressed segment, a damaged
+    #: stream counts here (all of it after the damage).
+    damaged_bytes: int = 0
     compressed: bool = False  # written whole and compressed (immutable): never read from an offset
     size: int = 0  # the bytes read (as stored: compressed where it is)
 
@@ -147,8 +152,9 @@ def decode_segment(data: bytes) -> Scan:
     with _collector_paused():
         out = _decode(frames)
     out.compressed, out.size = True, len(data)
-    if damaged and not out.torn_bytes:
-        out.torn_bytes = 1  # the stream ended early or broke: what it held after this is unreadable
+    if damaged or (out.torn_bytes and not out.sealed):
+        # Written whole, so never torn by a writer: the stream broke, and what it held after is unreadable.
+        out.damaged_bytes += max(out.torn_bytes, 1)
     return out
 
 
@@ -170,37 +176,74 @@ def compress_segment(frames: bytes | bytearray) -> bytes:
     return ZMAGIC + zlib.compress(frames, ZLEVEL)
 
 
+def _frame_at(data: bytes, pos: int) -> tuple[int, bytes] | None:
+    """``(kind, body)`` of the whole frame that starts at ``pos`` and checks, else None."""
+    n = len(data)
+    if pos + _HEAD >= n or data[pos] not in _KINDS:
+        return None
+    try:
+        length = int(data[pos + 1 : pos + 9], 16)
+        crc = int(data[pos + 9 : pos + _HEAD], 16)
+    except ValueError:
+        return None
+    end = pos + _HEAD + length
+    if length < 0 or end >= n or data[end] != 10:  # 10: the frame's closing newline
+        return None
+    body = data[pos + _HEAD : end]
+    if zlib.crc32(body, zlib.crc32(data[pos : pos + 9])) != crc:
+        return None
+    return data[pos], body
+
+
+def _next_frame(data: bytes, pos: int) -> int:
+    """Where the first whole frame after ``pos`` starts (frames follow a newline), or -1 if none does.
+
+    Only read past damage: a writer's torn frame is its segment's tail, so any whole frame found
+    after a bad one means the bytes between were damaged, and the records after them are kept.
+    """
+    at = data.find(b"\n", pos)
+    while at != -1:
+        if _frame_at(data, at + 1) is not None:
+            return at + 1
+        at = data.find(b"\n", at + 1)
+    return -1
+
+
 def _decode(data: bytes) -> Scan:
     out = Scan()
     append = out.records.append
     crc32 = zlib.crc32
     n = len(data)
-    pos = 0
+    pos = whole = 0
     while pos + _HEAD < n:
         kind = data[pos]
-        if kind not in _KINDS:
+        if kind in _KINDS:  # (the checks of _frame_at, inline: this loop reads every record)
+            try:
+                length = int(data[pos + 1 : pos + 9], 16)
+                crc = int(data[pos + 9 : pos + _HEAD], 16)
+            except ValueError:
+                length = -1
+            end = pos + _HEAD + length
+            if length >= 0 and end < n and data[end] == 10:  # 10: the frame's closing newline
+                body = data[pos + _HEAD : end]
+                if crc32(body, crc32(data[pos : pos + 9])) == crc:
+                    if kind == 83:  # S: sealed, nothing after it counts
+                        pos = whole = end + 1
+                        out.sealed = True
+                        break
+                    parts = body.split(b" ", 2)
+                    if len(parts) == 3 and parts[0].isascii() and parts[1].isascii():
+                        append(SegmentRecord(parts[0].decode(), parts[1].decode(), parts[2], kind == 68))
+                        pos = whole = end + 1
+                        continue
+        # Not a whole frame here: a torn tail, unless a whole frame follows (then these bytes are damage).
+        resume = _next_frame(data, pos)
+        if resume == -1:
             break
-        try:
-            length = int(data[pos + 1 : pos + 9], 16)
-            crc = int(data[pos + 9 : pos + _HEAD], 16)
-        except ValueError:
-            break
-        end = pos + _HEAD + length
-        if length < 0 or end >= n or data[end] != 10:  # 10: the frame's closing newline
-            break
-        body = data[pos + _HEAD : end]
-        if crc32(body, crc32(data[pos : pos + 9])) != crc:
-            break
-        if kind == 83:  # S: sealed, nothing after it counts
-            pos, out.sealed = end + 1, True
-            break
-        parts = body.split(b" ", 2)
-        if len(parts) != 3 or not (parts[0].isascii() and parts[1].isascii()):
-            break  # checks, yet not a frame this module writes: read nothing from here on
-        append(SegmentRecord(parts[0].decode(), parts[1].decode(), parts[2], kind == 68))
-        pos = end + 1
-    out.whole_bytes = pos
-    out.torn_bytes = n - pos
+        out.damaged_bytes += resume - pos
+        pos = resume
+    out.whole_bytes = whole
+    out.torn_bytes = n - whole
     return out
 
 
@@ -226,8 +269,8 @@ class SegmentWriter:
     """
 
     def __init__(self, store: LocalStore | str, fsync: bool = False) -> None:
-        root = store.root if isinstance(store, LocalStore) else os.path.abspath(os.fspath(store))
-        self.folder = os.path.join(root, FOLDER)
+        self._store = store if isinstance(store, LocalStore) else LocalStore(os.fspath(store))
+        self.folder = os.path.join(self._store.root, FOLDER)
         self.fsync = fsync
         self.name = ""
         self.records = 0
@@ -239,6 +282,7 @@ class SegmentWriter:
 
     def _open(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
+        self._store._check_no_link(self.folder)  # never a segment through a link out of the experiment folder
         name = writer_name()
         # Created under a name readers ignore, locked, then renamed: compaction never sees it unlocked.
         hidden = os.path.join(self.folder, f".{name}.open")
@@ -270,6 +314,11 @@ class SegmentWriter:
         with self._lock:
             if self._closed:
                 raise ValueError("this segment writer is closed")
+            if self._fd >= 0 and self._pid == current_pid() and os.fstat(self._fd).st_nlink == 0:
+                # The file was removed under this writer (its folder deleted and made again, say):
+                # appending there would commit nothing that any reader can find. Start a new segment.
+                os.close(self._fd)
+                self._fd = -1
             if self._fd < 0 or self._pid != current_pid():
                 if self._fd >= 0:  # forked: the parent's file stays the parent's (its lock too: flock is shared)
                     os.close(self._fd)
@@ -549,6 +598,7 @@ class Follower:
         self.store = store
         self.records: dict[str, SegmentRecord] = {}
         self.torn: dict[str, int] = {}  # segment name -> bytes after its last whole frame (at the last read)
+        self.damaged: dict[str, int] = {}  # segment name -> damaged bytes before its last whole frame (see Scan)
         self._seen: dict[str, tuple[int, bool]] = {}  # name -> (whole bytes read, sealed)
         self._own: set[str] = set()  # segments this process appends to: told each record (see note)
         self._at: dict[str, tuple[str, int, str]] = {}  # key -> (segment, frame offset, rev) of noted records
@@ -641,12 +691,15 @@ class Follower:
                 self.torn[name] = scan.torn_bytes
             else:
                 self.torn.pop(name, None)
+            if scan.damaged_bytes:
+                self.damaged[name] = self.damaged.get(name, 0) + scan.damaged_bytes
         self._listed = True
         return True
 
     def _reset(self) -> None:
         self.records = {}
         self.torn = {}
+        self.damaged = {}
         self._seen = {}
         self._at = {}
         self._listed = False
@@ -674,6 +727,7 @@ class Compaction:
 
     merged: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)  # still being appended to: left alone
+    damaged: list[str] = field(default_factory=list)  # hold damaged bytes: left alone, for `verify` and people
     written: str | None = None
     records_in: int = 0
     records_out: int = 0
@@ -698,6 +752,8 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: b
     """
     out = Compaction()
     folder = os.path.join(store.root, FOLDER) if isinstance(store, LocalStore) else None
+    if isinstance(store, LocalStore):
+        store._check_no_link(folder)  # type: ignore[arg-type]  # (never a lock nor a segment through a link)
     guard = _compaction_lock(folder) if folder else None
     if folder and guard is None:
         out.busy = True
@@ -706,6 +762,11 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: b
     try:
         scans: list[tuple[str, Scan]] = []
         for name, scan in scan_segments(store):
+            if scan.damaged_bytes:
+                # Never rewritten nor removed: compaction would drop the damaged bytes for good, and with them
+                # whatever a repair (or a person) could still make of them. Readers read the frames around them.
+                out.damaged.append(name)
+                continue
             if scan.sealed:
                 scans.append((name, scan))
                 continue
@@ -716,9 +777,13 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: b
             held.append(fd)
             # Read again now that it is locked: its writer may have appended between the first read and its end.
             try:
-                scans.append((name, decode_segment(_read(store, name))))
+                again = decode_segment(_read(store, name))
             except FileNotFoundError:  # removed meanwhile (by hand): nothing to merge
                 continue
+            if again.damaged_bytes:
+                out.damaged.append(name)
+                continue
+            scans.append((name, again))
         if not scans or (len(scans) < min_segments and all(scan.compressed for _, scan in scans)):
             return out  # (one idle segment is still rewritten compressed)
         merged = newest_all(record for _, scan in scans for record in scan.records)
@@ -726,7 +791,7 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: b
         del scans  # only the newest records stay in memory, and the new segment's bytes
         # Tombstones go only when every segment took part, under the folder's lock. On object stores,
         # where nothing stops two compactions at once, one that missed a tombstone could bring a record back.
-        keep_tombstones = bool(out.live) or folder is None
+        keep_tombstones = bool(out.live or out.damaged) or folder is None
         data = bytearray()
         for r in merged.values():
             if keep_tombstones or not r.deleted:
@@ -775,6 +840,45 @@ def write_records(store: Store, records: Any, fsync: bool = True, compress: bool
     return name
 
 
+def rewrite_whole(store: Store, name: str, fsync: bool = True) -> str | None:
+    """Replace segment ``name`` by a new one that holds its whole records only (its damaged bytes dropped).
+
+    For `dagger verify --repair`: the records lost in the damage are gone either way; this makes
+    the segment compactable again. The new segment is in place before the old one goes. Returns
+    the new segment's name; None where ``name`` is gone, or is a local segment that a live process
+    still holds open (it may append to it: removing it would lose those records).
+    """
+    folder = os.path.join(store.root, FOLDER) if isinstance(store, LocalStore) else None
+    fd = None
+    if folder:
+        fd = _idle_lock(folder, name)
+        if fd is None:
+            return None
+    try:
+        scan = decode_segment(_read(store, name))
+        out = _write_frames(store, scan.records, fsync)
+        if folder:
+            _remove(os.path.join(folder, name))
+        else:
+            store.delete(f"{FOLDER}/{name}")
+        return out
+    except FileNotFoundError:
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_frames(store: Store, records: list[SegmentRecord], fsync: bool) -> str:
+    data = bytearray()
+    for r in records:
+        data += encode_frame(DELETE if r.deleted else RECORD, r.key, r.rev, r.payload)
+    data += _seal_frame(len(records))
+    name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
+    _put_durably(store, name, compress_segment(data), fsync)
+    return name
+
+
 def newest_all(records: Any) -> dict[str, SegmentRecord]:
     """The highest revision per key, tombstones included (for compaction)."""
     out: dict[str, SegmentRecord] = {}
@@ -793,6 +897,7 @@ def _put_durably(store: Store, name: str, data: bytes | bytearray, fsync: bool) 
         return
     folder = os.path.join(store.root, FOLDER)
     os.makedirs(folder, exist_ok=True)
+    store._check_no_link(folder)
     hidden = os.path.join(folder, f".{name}.open")
     fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
