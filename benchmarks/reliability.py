@@ -203,7 +203,8 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "- Every file is written to `tmp/` and moved into place with an atomic rename, so no reader ever",
         "  sees half a file under a real key; a disk error mid-write removes the temporary file and fails",
         "  only that state, with an error naming it (`could not save state <hash>: No space left on device`).",
-        "- A state exists once its commit record (`meta/<sha>.<rev>.json`) exists, and that record is written",
+        "- A state exists once its commit record (a whole frame in a segment; `meta/<sha>.<rev>.json` in older",
+        "  experiments) exists, and that record is written",
         "  last, after its blobs; a small pickle travels inside it, a larger one is written before it. A kill at",
         "  any instant leaves a complete state or none. Before a newer revision replaces a record that carries",
         "  the pickle, the pickle moves to its own file (never over one already there).",
@@ -247,6 +248,8 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         "Reproduce these figures with `.venv/bin/python benchmarks/reliability.py`.",
         "",
     ]
+    if _update_in_place(path, lines):
+        return
     # Sections other scripts write (between <!-- name:start --> and <!-- name:end -->) are kept, in place.
     kept = _kept_sections(path)
     if kept:
@@ -254,6 +257,37 @@ def write_doc(rows: list[dict[str, Any]], huge: dict[str, Any] | None, path: str
         lines[at:at] = [*kept, ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def _update_in_place(path: str, lines: list[str]) -> bool:
+    """Replace only the measured lines of an existing page (the kill window, the table, the hashing
+    paragraph), keeping every section written by hand or by other scripts; False if there is no page."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read().splitlines()
+    except FileNotFoundError:
+        return False
+    head = "| scenario | trials | states finished | states lost | corrupt records | recover (median) |"
+    if head not in old:
+        return False
+
+    hashed = any(line.startswith("Hashing a recipe property") for line in lines)  # (not with --no-huge)
+
+    def measured(page: list[str]) -> tuple[int, int]:
+        start = next(i for i, line in enumerate(page) if line.startswith("Kills land at"))
+        end = page.index(head) + 2
+        while end < len(page) and page[end].startswith("| "):
+            end += 1
+        if hashed and end + 1 < len(page) and page[end + 1].startswith("Hashing a recipe property"):
+            end += 3  # the paragraph's two lines
+        return start, end
+
+    start, end = measured(old)
+    new_start, new_end = measured(lines)
+    old[start:end] = lines[new_start:new_end]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(old) + "\n")
+    return True
 
 
 def _kept_sections(path: str) -> list[str]:
