@@ -824,15 +824,16 @@ def compact(store: Store, min_segments: int = 2, fsync: bool = True, compress: b
 
 
 def write_records(store: Store, records: Any, fsync: bool = True, compress: bool = True) -> str:
-    """Write ``(key, rev, payload)`` records as one sealed, immutable (compressed) segment; return its name.
+    """Write ``(key, rev, payload)`` records (or :class:`SegmentRecord`, tombstones too) as one sealed,
+    immutable (compressed) segment; return its name.
 
     Written like a compaction's output (hidden name, flushed, renamed into place; one PUT on
     object stores), so it is there whole or not at all. Used to move records in (``dagger migrate``).
     """
     data = bytearray()
     count = 0
-    for key, rev, payload in records:
-        data += encode_frame(RECORD, key, rev, payload)
+    for key, rev, payload, *deleted in records:
+        data += encode_frame(DELETE if deleted and deleted[0] else RECORD, key, rev, payload)
         count += 1
     data += _seal_frame(count)
     name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
@@ -856,7 +857,7 @@ def rewrite_whole(store: Store, name: str, fsync: bool = True) -> str | None:
             return None
     try:
         scan = decode_segment(_read(store, name))
-        out = _write_frames(store, scan.records, fsync)
+        out = write_records(store, scan.records, fsync)
         if folder:
             _remove(os.path.join(folder, name))
         else:
@@ -867,16 +868,6 @@ def rewrite_whole(store: Store, name: str, fsync: bool = True) -> str | None:
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _write_frames(store: Store, records: list[SegmentRecord], fsync: bool) -> str:
-    data = bytearray()
-    for r in records:
-        data += encode_frame(DELETE if r.deleted else RECORD, r.key, r.rev, r.payload)
-    data += _seal_frame(len(records))
-    name = f"c-{time.time_ns():016x}-{os.urandom(4).hex()}{SUFFIX}"
-    _put_durably(store, name, compress_segment(data), fsync)
-    return name
 
 
 def newest_all(records: Any) -> dict[str, SegmentRecord]:
