@@ -128,9 +128,10 @@ def edit_json(directory: str, sha: str, change: Callable[[dict[str, Any]], Any],
     return write_bytes(directory, sha, json.dumps(record, separators=(",", ":")).encode(), rev)
 
 
-def add_record(directory: str, sha: str, rev: str, data: bytes) -> str:
-    """Store ``data`` as a new revision ``rev`` of ``sha``'s record, in the layout its newest record uses."""
-    if not in_segments(directory, sha):
+def add_record(directory: str, sha: str, rev: str, data: bytes, like: str | None = None) -> str:
+    """Store ``data`` as a new revision ``rev`` of ``sha``'s record, in the layout its newest record uses
+    (or, for a state with no record yet, the layout of state ``like``'s); return how messages name it."""
+    if not in_segments(directory, like or sha):
         with open(os.path.join(directory, meta_key(sha, rev)), "wb") as f:
             f.write(data)
         return meta_key(sha, rev)

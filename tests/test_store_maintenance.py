@@ -16,9 +16,7 @@ from damage import edit_carried_pickle, left_long_ago, pickle_bytes, pickle_file
 from storedefs import BigState, build
 
 import dagger as dg
-from dagger.store import LocalStore
 from dagger.store import records as rec
-from dagger.store import segments as seglog
 from dagger.store.maintenance import GcReport, VerifyReport, gc, verify
 
 
@@ -34,17 +32,6 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-def _add_lying_record(directory: str, like: str, sha: str, rev: str, data: bytes) -> str:
-    """Store ``data`` as ``sha``'s record at ``rev`` where state ``like``'s records are (a ``meta/`` file or a
-    segment); return how messages name it. (For a state that has no record yet: see records_io.add_record.)"""
-    if records_io.in_segments(directory, like):
-        seglog.write_records(LocalStore(directory), [(sha, rev, data)], fsync=False, compress=False)
-    else:
-        with open(os.path.join(directory, rec.meta_key(sha, rev)), "wb") as f:
-            f.write(data)
-    return records_io.label(directory, sha, rev)
 
 
 def _files(root: str, folder: str) -> list[str]:
@@ -251,7 +238,7 @@ def test_verify_finds_missing_and_truncated_files(small, where):
     # a metadata record that lies about its state
     other = "9" * 64
     body = records_io.read_json(exp.directory, a)
-    other_key = _add_lying_record(exp.directory, a, other, "0" * 20, json.dumps(body).encode())
+    other_key = records_io.add_record(exp.directory, other, "0" * 20, json.dumps(body).encode(), like=a)
 
     report = verify(exp.records)
     found = {(p.state, p.file) for p in report.problems}
