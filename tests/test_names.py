@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import dagger as dg
@@ -80,6 +80,7 @@ def make_classes(prop: str, nonhashed: str, rprop: str) -> tuple[type, type]:
     rprop=st.one_of(st.sampled_from(COMMON), IDENT).filter(usable_by_recipes),
     value=st.one_of(st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3)),
 )
+@example(prop="__0", nonhashed="seed", rprop="seed", value=0)  # a leading double underscore, not a dunder
 def test_every_unreserved_name_round_trips(prop, nonhashed, rprop, value):
     if prop == nonhashed or "recipe_saw" in (prop, nonhashed):
         return

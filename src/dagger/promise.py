@@ -60,7 +60,7 @@ class ExperimentStatePromise:
         # before anything runs; everything else needs the computed state. The promise's own
         # attributes (parent, recipe, tags, properties, depth, ...) come first: a root property
         # named like one of them is always at ``promise.properties[name]``.
-        if not name.startswith("__"):
+        if not (name.startswith("__") and name.endswith("__")):  # (Python's own protocol names never are)
             try:
                 props = object.__getattribute__(self, "properties")
             except AttributeError:
